@@ -1,0 +1,1 @@
+"""Rules: the pure, synchronous decision. Standard library only."""
