@@ -28,3 +28,11 @@ class ConfigError(GatekeeperError):
     def __init__(self, problems: list[Problem] | Problem) -> None:
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ProtocolError(GatekeeperError):
+    """The peer misbehaved (malformed PROXY header, garbage FTP); ``reply`` is what to send."""
+
+    def __init__(self, message: str, reply: bytes | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
