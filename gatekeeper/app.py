@@ -1,0 +1,190 @@
+"""Wiring: listeners, recorder and signals (HUP reloads, TERM drains and stops).
+
+The rule set is one reference, ``App.ruleset``: a reload builds the new one off to the side
+(in a thread, so the event loop keeps accepting) and swaps it in one assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from gatekeeper import __version__, config, systemd
+from gatekeeper.errors import ConfigError, GatekeeperError
+from gatekeeper.net.listener import Listener
+from gatekeeper.rules.engine import RuleSet
+from gatekeeper.settings import ListenerSettings, Mode, Settings
+from gatekeeper.store.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+
+def _load(path: Path) -> tuple[Settings, RuleSet]:
+    settings, spec = config.load(path)
+    settings = _apply_global_mode(settings)
+    return settings, RuleSet.build(spec)
+
+
+def _apply_global_mode(settings: Settings) -> Settings:
+    """``mode: monitor`` at the top puts every listener in monitor mode."""
+    if settings.mode is not Mode.MONITOR:
+        return settings
+    listeners = tuple(replace(x, mode=Mode.MONITOR) for x in settings.listeners)
+    return replace(settings, listeners=listeners)
+
+
+class App:
+    """The running daemon."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.settings, self.ruleset = _load(config_path)
+        self.listeners: dict[str, Listener] = {}
+        self.retired: list[Listener] = []  # removed at reload; their sessions still drain
+        self.recorder = Recorder(self.settings.database, retention=self.settings.retention)
+        self.stopping = asyncio.Event()
+        self.reloads = 0
+        self.last_reload: float | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
+
+    # -- start and stop -----------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        await self.recorder.start()
+        try:
+            for settings in self.settings.listeners:
+                self.listeners[settings.name] = await self._start_listener(settings)
+        except GatekeeperError:
+            await self._shutdown()
+            raise
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info("gatekeeper %s started: %s; %s", __version__, self._listening(), self._rules())
+        systemd.notify("READY=1", f"STATUS={self._status()}")
+        await self.stopping.wait()
+        systemd.notify("STOPPING=1", "STATUS=stopping: draining sessions")
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await self._shutdown()
+        return 0
+
+    async def _start_listener(self, settings: ListenerSettings) -> Listener:
+        listener = Listener(settings, self, self.recorder)
+        try:
+            await listener.start()
+        except OSError as exc:
+            raise GatekeeperError(
+                f"{settings.source}: listener {settings.name}: cannot listen on "
+                f"{settings.listen}: {exc.strerror or exc}"
+            ) from exc
+        return listener
+
+    async def _shutdown(self) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+        every = [*self.listeners.values(), *self.retired]
+        for listener in every:
+            await listener.stop_accepting()
+        sessions = sum(len(x.relays) for x in every)
+        if sessions:
+            log.info("stopping: draining %d session(s)", sessions)
+        cut = await asyncio.gather(*(x.drain(x.settings.timeouts.drain) for x in every))
+        if sum(cut):
+            log.warning("stopping: cut %d session(s) still open after the drain period", sum(cut))
+        await self.recorder.close()
+        log.info("gatekeeper stopped")
+
+    # -- reload -------------------------------------------------------------------------
+    def request_reload(self) -> None:
+        """SIGHUP: reload now, or once more after the reload under way (signals coalesce)."""
+        if self._reload_task is not None:
+            self._reload_again = True
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload_loop())
+
+    async def _reload_loop(self) -> None:
+        try:
+            while True:
+                self._reload_again = False
+                await self.reload()
+                if not self._reload_again:
+                    break
+        finally:
+            self._reload_task = None
+
+    async def reload(self) -> bool:
+        """Re-read config and rules; on any error keep everything as it was."""
+        systemd.reloading()
+        try:
+            settings, ruleset = await asyncio.to_thread(_load, self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload failed: %s", problem)
+            log.error("reload failed: the previous configuration and rules stay in force")
+            systemd.notify("READY=1", f"STATUS={self._status()} (last reload failed)")
+            return False
+        if settings.database != self.settings.database:
+            log.warning("database: a new path takes effect at restart, not at reload")
+        self.ruleset = ruleset
+        await self._apply_listeners(settings)
+        self.settings = settings
+        cut = sum(x.enforce() for x in self.listeners.values() if x.settings.enforce_on_reload)
+        await self.recorder.flush()
+        self.reloads += 1
+        self.last_reload = time.time()
+        log.info("reloaded: %s; %s%s", self._rules(), self._listening(),
+                 f"; cut {cut} session(s) now denied" if cut else "")  # fmt: skip
+        systemd.notify("READY=1", f"STATUS={self._status()}")
+        return True
+
+    async def _apply_listeners(self, settings: Settings) -> None:
+        """Keep listeners whose address is unchanged, start new ones, retire removed ones.
+
+        A listener that moves is started on its new address before the old one stops, so a
+        bind failure leaves the old one accepting: a reload never loses a listener.
+        """
+        wanted = {x.name: x for x in settings.listeners}
+        for name, listener in list(self.listeners.items()):
+            new = wanted.get(name)
+            if new is not None and new.listen == listener.settings.listen:
+                listener.update(new)
+                continue
+            if new is not None:
+                try:
+                    replacement = await self._start_listener(new)
+                except GatekeeperError as exc:
+                    log.error("reload: %s; it keeps listening on %s", exc, listener.address)
+                    continue
+            await listener.stop_accepting()
+            self.retired.append(self.listeners.pop(name))
+            if new is not None:
+                self.listeners[name] = replacement
+        for name, new in wanted.items():
+            if name not in self.listeners:
+                try:
+                    self.listeners[name] = await self._start_listener(new)
+                except GatekeeperError as exc:
+                    log.error("reload: %s", exc)
+        self.retired = [x for x in self.retired if x.relays]
+
+    # -- what to tell people ------------------------------------------------------------
+    def _listening(self) -> str:
+        parts = [
+            f"{x.name} ({x.settings.protocol}{', monitor' if x.settings.mode is Mode.MONITOR else ''})"
+            f" on {x.address} -> {x.settings.upstream}"
+            for x in self.listeners.values()
+        ]
+        return ", ".join(parts) or "no listeners"
+
+    def _rules(self) -> str:
+        counts = self.ruleset.counts()
+        return ", ".join(f"{v} {k}" for k, v in counts.items())
+
+    def _status(self) -> str:
+        return "listening: " + " ".join(f"{x.name}={x.address}" for x in self.listeners.values())

@@ -1,0 +1,208 @@
+"""The ``gatekeeper`` command. ``main(argv) -> int``; the only place that decides exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from gatekeeper import __version__, config
+from gatekeeper.errors import ConfigError, GatekeeperError
+
+log = logging.getLogger("gatekeeper")
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # config problems, a failed check, a daemon that could not start
+EXIT_USAGE = 2  # argparse's own code for bad arguments
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", type=Path, default=None, metavar="PATH",
+        help="configuration file (default: $GATEKEEPER_CONFIG or /etc/gatekeeper/gatekeeper.yaml)",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatekeeper",
+        description="Gate, proxy and log connections to IBM i FTP and Telnet servers.",
+    )
+    parser.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    _config_option(run)
+    run.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    run.set_defaults(func=cmd_run)
+
+    check = commands.add_parser("check", help="validate the configuration and every rule file")
+    _config_option(check)
+    check.set_defaults(func=cmd_check)
+
+    lookup = commands.add_parser("lookup", help="show the decision for an address")
+    _config_option(lookup)
+    lookup.add_argument("address", metavar="IP")
+    lookup.add_argument("--listener", metavar="NAME", help="only this listener")
+    lookup.add_argument("--at", metavar="ISO-TIME", help="decide as at this time (default: now)")
+    lookup.add_argument("--format", choices=("text", "json"), default="text")
+    lookup.set_defaults(func=cmd_lookup)
+
+    report = commands.add_parser("report", help="the rejection report")
+    _config_option(report)
+    report.add_argument("--level", choices=("summary", "detail"), default="summary")
+    report.add_argument("--service", default="both", metavar="NAME|both")
+    report.add_argument("--since", metavar="DATE", help="YYYY-MM-DD (local) or ISO timestamp")
+    report.add_argument("--until", metavar="DATE", help="YYYY-MM-DD (local) or ISO timestamp")
+    report.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = config.default_config_path()
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_ERROR
+    except GatekeeperError as exc:
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+
+
+# -- run ---------------------------------------------------------------------------------
+def _setup_logging(verbose: bool) -> None:
+    # Under systemd the journal stamps each line; elsewhere we do.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"{stamp}%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def _runner() -> asyncio.Runner:
+    """uvloop when installed, asyncio otherwise: the one place the loop is chosen."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gatekeeper.app import App
+
+    _setup_logging(args.verbose)
+
+    async def start() -> int:
+        return await App(args.config).run()
+
+    with _runner() as runner:
+        return runner.run(start())
+
+
+# -- check -------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    from gatekeeper.rules.engine import RuleSet
+
+    settings, spec = config.load(args.config)
+    counts = RuleSet.build(spec).counts()
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    print(f"{settings.path}: ok ({len(settings.listeners)} listeners; {summary})")
+    return EXIT_OK
+
+
+# -- lookup ------------------------------------------------------------------------------
+def _parse_at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise GatekeeperError(f"--at {text!r}: write an ISO time, e.g. 2026-11-23T08:30") from None
+    # Rules' hours are local time: an aware time is converted, a naive one is already local.
+    return when.astimezone().replace(tzinfo=None) if when.tzinfo else when
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    from gatekeeper.rules.engine import RuleSet
+    from gatekeeper.settings import normalise_address
+
+    settings, spec = config.load(args.config)
+    ruleset = RuleSet.build(spec)
+    try:
+        address = str(normalise_address(args.address))
+    except ValueError:
+        raise GatekeeperError(f"{args.address!r} is not an IPv4 or IPv6 address") from None
+    names = [x.name for x in settings.listeners]
+    if args.listener is not None:
+        if args.listener not in names:
+            raise GatekeeperError(
+                f"no listener {args.listener!r} in {settings.path} (listeners: {', '.join(names)})"
+            )
+        names = [args.listener]
+    at = _parse_at(args.at) or datetime.now()
+    rows = []
+    for name in names:
+        d = ruleset.decide(address, name, at)
+        rows.append({
+            "listener": name,
+            "action": d.action.value,
+            "reason": d.reason.value,
+            "match": d.match,
+            "source": str(d.source) if d.source is not None else None,
+        })  # fmt: skip
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            source = row["source"] or "(no default: line in any rule file)"
+            print(f"{row['listener']}\t{row['action']}\t{row['reason']}\t{row['match'] or '-'}\t{source}")
+    return EXIT_OK
+
+
+# -- report ------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from gatekeeper.report import query, render
+
+    settings = config.load_settings(args.config)
+    names = [x.name for x in settings.listeners]
+    if args.service != "both" and args.service not in names:
+        raise GatekeeperError(f"--service {args.service!r}: use one of {', '.join(names)} or both")
+    try:
+        report = query.rejection_report(
+            settings.database, level=args.level, service=args.service,
+            since=args.since, until=args.until,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise GatekeeperError(str(exc)) from None
+    letters = {x.name: x.letter for x in settings.listeners}
+    if args.format == "json":
+        out = render.render_json(report)
+    elif args.format == "csv":
+        out = render.render_csv(report)
+    else:
+        out = render.render_text(report, letters=letters)
+    sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Network side: listeners, relays, PROXY protocol. Standard library only."""

@@ -1,0 +1,332 @@
+"""Accept → decide → reject or hand over to a relay.
+
+Nothing on this path waits: the decision is a synchronous call into the current rule set,
+the record is a call into the in-memory recorder, and a rejection is one write and a close.
+A denied client never causes a connection to the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from ipaddress import ip_address
+from typing import Protocol as TypingProtocol
+
+from gatekeeper.errors import ProtocolError
+from gatekeeper.events import Outcome, Rejection, Sink
+from gatekeeper.net.limits import AddressLimits
+from gatekeeper.net.proxyproto import NEED_DATA, ProxyParser
+from gatekeeper.net.relay import EARLY_LIMIT, HIGH_WATER, LOW_WATER, REPLY_421, Relay
+from gatekeeper.rules.engine import RuleSet
+from gatekeeper.rules.model import Reason
+from gatekeeper.settings import ListenerSettings, Mode, RejectStyle
+
+log = logging.getLogger(__name__)
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+# How often per-address rate history is pruned of addresses that went quiet.
+_PRUNE_INTERVAL = 10.0
+
+
+class Gate(TypingProtocol):
+    """What a listener asks before letting anyone in; the app swaps ``ruleset`` on reload."""
+
+    ruleset: RuleSet
+
+
+def normalise_host(host: str) -> str:
+    """Peer address text as recorded: IPv4-mapped IPv6 becomes IPv4, a zone id is dropped."""
+    if ":" not in host:
+        return host
+    host = host.split("%", 1)[0]
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+def _is_proxy_header(first: bytes) -> bool:
+    """Does a client's first chunk carry a PROXY header (v1 line or v2 signature)?"""
+    return first.startswith(b"PROXY ") or (len(first) >= 6 and _V2_SIGNATURE.startswith(first[:12]))
+
+
+class FrontProtocol(asyncio.Protocol):
+    """The client connection, from accept to close."""
+
+    __slots__ = ("early", "listener", "parser", "peer", "relay", "timer", "transport", "trusted")
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.relay: Relay | None = None
+        self.parser: ProxyParser | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.early = bytearray()  # bytes read before a relay exists (PROXY trailing bytes)
+        self.peer: tuple[str, int] = ("", 0)
+        self.trusted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (normalise_host(peer[0]), peer[1]) if peer else ("", 0)
+        listener = self.listener
+        if listener.proxy_senders and listener.is_proxy_sender(self.peer[0]):
+            self.trusted = True
+            self.parser = ProxyParser()
+            self.timer = listener.loop.call_later(
+                listener.settings.timeouts.proxy_header, self._proxy_timeout
+            )
+            return
+        self.admit(*self.peer)
+
+    # -- PROXY protocol -----------------------------------------------------------------
+    def _proxy_timeout(self) -> None:
+        self.timer = None
+        if self.parser is not None:
+            self.parser = None
+            self._proxy_failed("no PROXY header within the timeout")
+
+    def _proxy_failed(self, why: str) -> None:
+        log.warning("%s: %s on %s", self.peer[0], why, self.listener.name)
+        self.reject(self.peer[0], Reason.PROXY, None)
+
+    def _feed_proxy(self, parser: ProxyParser, data: bytes) -> None:
+        parser.receive_data(data)
+        try:
+            header = parser.next_event()
+        except ProtocolError as exc:
+            self.parser = None
+            self._proxy_failed(f"bad PROXY header: {exc}")
+            return
+        if header is NEED_DATA:
+            return
+        self.parser = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.early += parser.trailing
+        if header.local or header.source is None:
+            self.admit(*self.peer)
+        else:
+            self.admit(normalise_host(header.source[0]), header.source[1])
+
+    # -- the decision -------------------------------------------------------------------
+    def admit(self, address: str, port: int) -> None:
+        """Decide for ``address`` and either reject or start the relay."""
+        listener = self.listener
+        transport = self.transport
+        assert transport is not None
+        now = time.time()
+        decision = listener.gate.ruleset.decide(address, listener.name)
+        would_reject: str | None = None
+        if not decision.allowed:
+            source = decision.source
+            reason, rule = decision.reason.value, str(source) if source is not None else None
+        elif not listener.limits.admit(address, now):
+            reason, rule = Reason.LIMIT.value, str(listener.settings.source)
+        else:
+            reason = rule = None
+        if reason is not None:
+            monitor = listener.settings.mode is Mode.MONITOR
+            listener.sink.rejected(Rejection(listener.name, address, reason, rule, now, monitor))
+            if not monitor:
+                self._close_rejected()
+                return
+            would_reject = reason
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        transport.pause_reading()  # until the upstream is connected; early bytes are buffered
+        relay = Relay(listener, transport, address, port, self.early, would_reject)
+        self.relay = relay
+        relay.begin()
+
+    def reject(self, address: str, reason: Reason, rule: str | None) -> None:
+        """Record a rejection made outside the rule set (PROXY, ban) and close."""
+        listener = self.listener
+        listener.sink.rejected(Rejection(listener.name, address, reason.value, rule, time.time()))
+        self._close_rejected()
+
+    def _close_rejected(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        style = self.listener.settings.reject
+        if style is RejectStyle.REPLY:
+            transport.write(REPLY_421)
+            transport.close()
+        elif style is RejectStyle.RESET:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            transport.abort()
+        else:
+            transport.close()
+
+    # -- events from the client ---------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is not None:
+            if (
+                relay.bytes_up == 0
+                and not self.trusted
+                and self.listener.proxy_senders
+                and not relay.early
+                and _is_proxy_header(data)
+            ):
+                log.warning("%s: PROXY header from an untrusted sender on %s", self.peer[0], self.listener.name)
+                self.listener.sink.rejected(
+                    Rejection(self.listener.name, relay.address, Reason.PROXY.value, None, time.time())
+                )
+                relay.close(Outcome.PROXY)
+                return
+            relay.client_data(data)
+        elif self.parser is not None:
+            self._feed_proxy(self.parser, data)
+        elif len(self.early) < EARLY_LIMIT:
+            self.early += data
+
+    def eof_received(self) -> bool:
+        if self.relay is not None:
+            self.relay.client_eof_received()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.parser = None
+        if self.relay is not None:
+            self.relay.client_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.client_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.client_resume_writing()
+
+
+class Listener:
+    """One configured listener: its socket, its sessions, its per-address limits."""
+
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        gate: Gate,
+        sink: Sink,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.gate = gate
+        self.sink = sink
+        self.settings = settings
+        self.name = settings.name
+        self.limits = AddressLimits(settings.limits)
+        self.proxy_senders = settings.proxy_protocol
+        self.relays: set[Relay] = set()
+        self.server: asyncio.Server | None = None
+        self.sock: socket.socket | None = None
+        self._prune: asyncio.TimerHandle | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- settings -----------------------------------------------------------------------
+    def update(self, settings: ListenerSettings) -> None:
+        """Take new settings at reload (the socket and running sessions stay)."""
+        self.settings = settings
+        self.proxy_senders = settings.proxy_protocol
+        if settings.limits != self.limits.limits:
+            self.limits.limits = settings.limits
+
+    def is_proxy_sender(self, host: str) -> bool:
+        addr = ip_address(host)
+        return any(addr in net for net in self.proxy_senders)
+
+    # -- socket -------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """The bound address as host:port (the real port when the config said 0)."""
+        if self.sock is None:
+            return str(self.settings.listen)
+        host, port = self.sock.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind (or adopt ``sock``) and start accepting."""
+        self.sock = sock or bind_socket(self.settings.listen.host, self.settings.listen.port)
+        self.server = await self.loop.create_server(
+            lambda: FrontProtocol(self), sock=self.sock, backlog=socket.SOMAXCONN
+        )
+        self._prune = self.loop.call_later(_PRUNE_INTERVAL, self._prune_limits)
+
+    def _prune_limits(self) -> None:
+        self.limits.prune(time.time())
+        self._prune = self.loop.call_later(_PRUNE_INTERVAL, self._prune_limits)
+
+    async def stop_accepting(self) -> None:
+        if self._prune is not None:
+            self._prune.cancel()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    # -- sessions -----------------------------------------------------------------------
+    def opened(self, relay: Relay) -> None:
+        self.relays.add(relay)
+        self.limits.opened(relay.address)
+        self._idle.clear()
+
+    def finished(self, relay: Relay) -> None:
+        if relay in self.relays:
+            self.relays.discard(relay)
+            self.limits.closed(relay.address)
+        if not self.relays:
+            self._idle.set()
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for sessions to end, then cut the rest; returns cut count."""
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+            return 0
+        except TimeoutError:
+            left = list(self.relays)
+            for relay in left:
+                relay.abort(Outcome.SHUTDOWN)
+            await self._idle.wait()
+            return len(left)
+
+    def enforce(self) -> int:
+        """Cut sessions whose address the current rules deny; returns how many."""
+        ruleset = self.gate.ruleset
+        cut = [r for r in self.relays if not ruleset.decide(r.address, self.name).allowed]
+        for relay in cut:
+            log.info("%s: session on %s cut: address now denied", relay.address, self.name)
+            relay.abort(Outcome.ENFORCED)
+        return len(cut)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket; ``::`` (or ``[::]``) also takes IPv4 clients."""
+    host = host.strip("[]")
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        sock.bind(sockaddr)
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

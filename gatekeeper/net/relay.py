@@ -1,0 +1,252 @@
+"""The two-way byte pump of an accepted session: flow control, half-close, idle timeout, counts.
+
+The client side's protocol is the listener's ``FrontProtocol``; it hands every event to its
+``Relay`` once the connection is admitted. The upstream side is ``_Upstream`` below. Each
+side's write buffer is bounded: when it passes the high-water mark, the *other* side stops
+reading until it drains (``pause_writing``/``resume_writing`` from asyncio), so a slow peer
+never makes memory grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from gatekeeper.events import Outcome, SessionRecord
+
+if TYPE_CHECKING:
+    from gatekeeper.net.listener import Listener
+
+log = logging.getLogger(__name__)
+
+# Write buffer per direction. 256 KiB keeps a 10 Gbit/s loopback stream busy between
+# event-loop turns while bounding a session's worst-case memory to about half a megabyte.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+# Bytes a client may send before the upstream connection is up (read is paused after this).
+EARLY_LIMIT = 64 * 1024
+REPLY_421 = b"421 Service not available, closing control connection.\r\n"
+
+
+class Relay:
+    """One accepted session between a client transport and an upstream transport."""
+
+    __slots__ = (
+        "address", "bytes_down", "bytes_up", "client", "client_eof", "closed", "early",
+        "idle_handle", "last_active", "listener", "local", "loop", "port", "start",
+        "upstream", "upstream_eof", "outcome", "task", "would_reject", "_lost",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        listener: Listener,
+        client: asyncio.Transport,
+        address: str,
+        port: int,
+        early: bytearray,
+        would_reject: str | None,
+    ) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.client = client
+        self.address = address
+        self.port = port
+        self.early = early  # client bytes read before the upstream was connected
+        self.would_reject = would_reject
+        self.upstream: asyncio.Transport | None = None
+        self.local: str | None = None
+        self.start = time.time()
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.client_eof = False
+        self.upstream_eof = False
+        self.closed = False
+        self.outcome = Outcome.CLOSED
+        self.last_active = self.loop.time()
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._lost = 0  # transports gone (client, upstream); the record is written at 2
+
+    # -- life cycle -------------------------------------------------------------------
+    def begin(self) -> None:
+        """Connect to the upstream in a task; the client stays paused until it is up."""
+        self.listener.opened(self)
+        self.task = self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        settings = self.listener.settings
+        target = settings.upstream
+        try:
+            async with asyncio.timeout(settings.timeouts.connect):
+                transport, _ = await self.loop.create_connection(
+                    lambda: _Upstream(self), target.host, target.port
+                )
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "%s: upstream %s of listener %s unreachable: %s",
+                self.address, target, settings.name, exc or "timed out",
+            )  # fmt: skip
+            self.outcome = Outcome.UPSTREAM_FAILED
+            if not self.closed and settings.protocol == "ftp":
+                self.client.write(REPLY_421)
+            self._side_lost(None)  # the upstream side that never was
+            return
+        except asyncio.CancelledError:  # aborted while connecting (stop, enforced reload)
+            self._side_lost(None)
+            return
+        finally:
+            self.task = None
+        if self.closed:  # the client went away (or we were stopped) while connecting
+            transport.close()
+            return
+        self.upstream = transport
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        sockname = transport.get_extra_info("sockname")
+        if sockname:
+            host = sockname[0]
+            self.local = f"[{host}]:{sockname[1]}" if ":" in host else f"{host}:{sockname[1]}"
+        if self.early:
+            self.bytes_up += len(self.early)
+            transport.write(bytes(self.early))
+            self.early.clear()
+        if self.client_eof and transport.can_write_eof():
+            transport.write_eof()
+        self.client.resume_reading()
+        self._arm_idle()
+
+    def close(self, outcome: Outcome | None = None) -> None:
+        """Close both sides, flushing what is buffered; the record is written when both are gone."""
+        if outcome is not None and self.outcome is Outcome.CLOSED:
+            self.outcome = outcome
+        if self.closed:
+            return
+        self.closed = True
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
+    def abort(self, outcome: Outcome) -> None:
+        """Cut both sides now (stop after the drain period, enforced reload)."""
+        self.close(outcome)
+        if self.task is not None:
+            self.task.cancel()
+        self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+
+    def _side_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.outcome is Outcome.CLOSED:
+            self.outcome = Outcome.ERROR
+        self._lost += 1
+        self.close()
+        if self._lost == 2:
+            self._finish()
+
+    def _finish(self) -> None:
+        listener = self.listener
+        listener.finished(self)
+        listener.sink.session(
+            SessionRecord(
+                listener=listener.settings.name,
+                address=self.address,
+                port=self.port,
+                start=self.start,
+                end=time.time(),
+                outcome=self.outcome,
+                upstream=str(listener.settings.upstream),
+                local=self.local,
+                bytes_up=self.bytes_up,
+                bytes_down=self.bytes_down,
+                would_reject=self.would_reject,
+            )
+        )
+
+    # -- idle timeout -----------------------------------------------------------------
+    def _arm_idle(self) -> None:
+        idle = self.listener.settings.timeouts.idle
+        self.idle_handle = self.loop.call_at(self.last_active + idle, self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self.closed:
+            return
+        idle = self.listener.settings.timeouts.idle
+        if self.loop.time() - self.last_active >= idle:
+            log.info("%s: idle for %.0fs on %s, closing", self.address, idle, self.listener.name)
+            self.close(Outcome.IDLE)
+        else:
+            self._arm_idle()
+
+    # -- client side (called by FrontProtocol) ----------------------------------------
+    def client_data(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            self.early += data
+            if len(self.early) > EARLY_LIMIT:
+                self.client.pause_reading()
+            return
+        self.last_active = self.loop.time()
+        self.bytes_up += len(data)
+        upstream.write(data)
+
+    def client_eof_received(self) -> None:
+        self.client_eof = True
+        upstream = self.upstream
+        if upstream is not None:
+            if self.upstream_eof or not upstream.can_write_eof():
+                self.close()
+            else:
+                upstream.write_eof()
+
+    def client_lost(self, exc: Exception | None) -> None:
+        self._side_lost(exc)
+
+    def client_pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def client_resume_writing(self) -> None:
+        if self.upstream is not None and not self.closed:
+            self.upstream.resume_reading()
+
+    # -- upstream side (called by _Upstream) ------------------------------------------
+    def upstream_data(self, data: bytes) -> None:
+        self.last_active = self.loop.time()
+        self.bytes_down += len(data)
+        self.client.write(data)
+
+    def upstream_eof_received(self) -> None:
+        self.upstream_eof = True
+        if self.client_eof or not self.client.can_write_eof():
+            self.close()
+        else:
+            self.client.write_eof()
+
+
+class _Upstream(asyncio.Protocol):
+    """Protocol of the connection to the upstream: forwards everything to the relay."""
+
+    __slots__ = ("relay",)
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        self.relay.upstream_eof_received()
+        return True  # keep our write side open: half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay._side_lost(exc)
+
+    def pause_writing(self) -> None:  # the upstream is slow: stop reading the client
+        self.relay.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.relay.closed:
+            self.relay.client.resume_reading()

@@ -1,0 +1,211 @@
+"""The SQLite database: tables, migrations, connection settings, time text.
+
+Every table of gatekeeper is created here; the recorder writes them, reports only read.
+
+Times are stored as UTC text, ISO 8601 with milliseconds and ``Z``
+(``2026-11-20T08:01:02.123Z``): fixed width, so text order is time order and ``min()``,
+``max()`` and range comparisons work on the text. ``day`` columns hold the LOCAL date
+(``YYYY-MM-DD``) of the event, so a report over local dates selects whole rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import time
+from pathlib import Path
+
+from gatekeeper.errors import GatekeeperError
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000  # a writer waits this long for a lock before the flush is retried
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # truncate the WAL file to this after a checkpoint
+
+# Set on every connection (they do not persist in the file).
+CONNECTION_PRAGMAS: tuple[str, ...] = (
+    "PRAGMA synchronous = NORMAL",  # safe in WAL mode: a crash loses at most the last commits
+    "PRAGMA foreign_keys = ON",
+    f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}",
+)
+
+# MIGRATIONS[i] brings the database from user_version i to i + 1, in one transaction.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # One row per (local day, listener, client address, monitor flag): the recorder
+        # aggregates attempts in memory and upserts them. Reason, rule and user are those
+        # of the most recent attempt in the row.
+        """
+        CREATE TABLE rejections (
+            day      TEXT    NOT NULL,              -- local date of the attempts, YYYY-MM-DD
+            listener TEXT    NOT NULL,
+            address  TEXT    NOT NULL,
+            monitor  INTEGER NOT NULL DEFAULT 0,    -- 1: "would reject" (monitor mode)
+            first    TEXT    NOT NULL,              -- UTC, 2026-11-20T08:01:02.123Z
+            last     TEXT    NOT NULL,
+            attempts INTEGER NOT NULL,
+            reason   TEXT    NOT NULL,              -- rules.model.Reason value
+            rule     TEXT,                          -- "file:line" of the deciding rule
+            user     TEXT,                          -- FTP user name (reason "user")
+            PRIMARY KEY (day, listener, address, monitor)
+        ) WITHOUT ROWID
+        """,
+        # Per address: grouping by address, and the first attempt ever of a
+        # (listener, address) for the NEW flag (the primary key columns are appended to
+        # every index of a WITHOUT ROWID table, so MIN(day) is one seek).
+        "CREATE INDEX rejections_address ON rejections (address, listener)",
+        # --service without a date range.
+        "CREATE INDEX rejections_listener ON rejections (listener, day)",
+        # One row per accepted session.
+        """
+        CREATE TABLE sessions (
+            id             INTEGER PRIMARY KEY,
+            day            TEXT    NOT NULL,        -- local date of start, YYYY-MM-DD
+            listener       TEXT    NOT NULL,
+            address        TEXT    NOT NULL,        -- client (PROXY-claimed when trusted)
+            port           INTEGER NOT NULL,
+            start          TEXT    NOT NULL,        -- UTC, like rejections.first
+            end            TEXT    NOT NULL,
+            outcome        TEXT    NOT NULL,        -- events.Outcome value
+            upstream       TEXT    NOT NULL,        -- "host:port"
+            local          TEXT,                    -- gatekeeper's "address:port" upstream
+            bytes_up       INTEGER NOT NULL DEFAULT 0,
+            bytes_down     INTEGER NOT NULL DEFAULT 0,
+            user           TEXT,
+            files_sent     INTEGER NOT NULL DEFAULT 0,
+            files_received INTEGER NOT NULL DEFAULT 0,
+            would_reject   TEXT                     -- monitor mode: the reason
+        )
+        """,
+        "CREATE INDEX sessions_day ON sessions (day, listener)",
+        "CREATE INDEX sessions_address ON sessions (address)",
+        "CREATE INDEX sessions_local ON sessions (local)",
+        # Where an address is. Empty until GeoIP fills it; no row = unknown location.
+        """
+        CREATE TABLE locations (
+            address      TEXT PRIMARY KEY,
+            country      TEXT,                      -- ISO 3166 code, NULL = unknown
+            country_name TEXT,
+            region       TEXT,                      -- first subdivision
+            city         TEXT,
+            latitude     REAL,
+            longitude    REAL
+        ) WITHOUT ROWID
+        """,
+        # Bookkeeping, e.g. "dropped": records the recorder could not write.
+        """
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT
+        ) WITHOUT ROWID
+        """,
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def utc_text(when: float) -> str:
+    """``time.time()`` → ``2026-11-20T08:01:02.123Z`` (UTC, milliseconds, fixed width)."""
+    millis = math.floor(when * 1000)
+    seconds, millis = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def local_day(when: float) -> str:
+    """``time.time()`` → its local date ``YYYY-MM-DD``."""
+    return time.strftime("%Y-%m-%d", time.localtime(when))
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def apply_schema(conn: sqlite3.Connection) -> int:
+    """Bring an open read-write connection to ``SCHEMA_VERSION``; returns the version found.
+
+    A new database gets ``auto_vacuum = INCREMENTAL`` (before its first table) and WAL
+    mode. The connection must be in autocommit mode (``isolation_level=None``).
+    """
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    found = _user_version(conn)
+    if found > SCHEMA_VERSION:
+        raise GatekeeperError(
+            f"database schema version {found} is newer than this gatekeeper's "
+            f"({SCHEMA_VERSION}): upgrade gatekeeper"
+        )
+    if found == 0:
+        # Only takes effect while the file has no table yet; see the VACUUM below otherwise.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        log.warning("database: journal_mode is %s, not WAL", mode)
+    for version in range(found, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if _user_version(conn) != version:  # another process migrated meanwhile
+                conn.execute("ROLLBACK")
+                continue
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        # The file had tables before we could set it: a one-time VACUUM applies it.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+    return found
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating the file and its folder if missing) read-write, schema applied.
+
+    Autocommit mode: callers write ``BEGIN``/``COMMIT`` themselves.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        apply_schema(conn)
+        for pragma in CONNECTION_PRAGMAS:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def prepare(path: Path) -> None:
+    """Create the folder and the file if missing and apply the schema (then close)."""
+    connect(path).close()
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open an existing database read-only (URI ``mode=ro``), for reports.
+
+    Raises ``sqlite3.OperationalError`` when the file does not exist. A reader that may
+    not create the WAL index next to a database nobody has open (the daemon is stopped
+    and the folder is not writable for this user) falls back to ``immutable=1``.
+    """
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA user_version").fetchone()  # open the file now
+    except sqlite3.OperationalError:
+        conn.close()
+        if not path.exists():
+            raise
+        conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+        conn.execute("PRAGMA user_version").fetchone()
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The ``user_version`` of an open database (0: no gatekeeper table yet)."""
+    return _user_version(conn)

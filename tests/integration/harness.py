@@ -1,0 +1,223 @@
+"""Real peers for socket tests: an upstream server, the daemon as a process, PROXY clients.
+
+The daemon is started as ``python -m gatekeeper run`` with ``NOTIFY_SOCKET`` pointing at a
+socket of ours, so the test plays systemd: it learns readiness, reloads and the bound
+addresses (listeners use port 0) from the daemon's own notifications, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gatekeeper.net.proxyproto import encode_v1
+
+BANNER = b"220 upstream ready\r\n"
+WAIT = 20.0  # upper bound for anything a test waits for; polling ends as soon as it holds
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(delay)  # polling interval, not a wait for an event we could await
+        delay = min(delay * 2, 0.05)
+
+
+class Upstream:
+    """A TCP server that sends a banner then echoes; counts the connections it got."""
+
+    def __init__(self, host: str = "127.0.0.1", banner: bytes = BANNER) -> None:
+        outer = self
+        self.connections = 0
+        self.banner = banner
+        self._lock = threading.Lock()
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with outer._lock:
+                    outer.connections += 1
+                sock: socket.socket = self.request
+                try:
+                    if outer.banner:
+                        sock.sendall(outer.banner)
+                    while data := sock.recv(65536):
+                        sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        class Server(socketserver.ThreadingTCPServer):
+            address_family = family
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.host = host
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    """A port nobody listens on (for 'upstream unreachable')."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """gatekeeper run as a child process, with us as its systemd."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], rules: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "gatekeeper.yaml"
+        self.rules_path = workdir / "rules.d" / "rules.yaml"
+        self.rules_path.parent.mkdir(exist_ok=True)
+        config.setdefault("database", "var/gk.db")
+        config.setdefault("rules", ["rules.d/*.yaml"])
+        self.write_config(config)
+        self.write_rules(rules)
+        self.sockdir = Path(tempfile.mkdtemp(prefix="gk"))  # short: AF_UNIX paths are limited
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.sockdir / "n"))
+        self.messages: list[str] = []
+        self.status: dict[str, str] = {}
+        self.log_path = workdir / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / "var" / "gk.db"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def write_rules(self, rules: dict[str, Any]) -> None:
+        self.rules_path.write_text(yaml.safe_dump(rules, sort_keys=False))
+
+    def start(self, *extra: str) -> Daemon:
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.sockdir / "n"), PYTHONUNBUFFERED="1")
+        env.pop("JOURNAL_STREAM", None)
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gatekeeper", "run", "-c", str(self.config_path), *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+        )  # fmt: skip
+        self.wait_message("READY=1")
+        return self
+
+    def _receive(self, timeout: float) -> str | None:
+        self.notify.settimeout(timeout)
+        try:
+            data = self.notify.recv(65536)
+        except TimeoutError:
+            return None
+        text = data.decode()
+        self.messages.append(text)
+        for line in text.splitlines():
+            if line.startswith("STATUS=listening: "):
+                self.status = dict(x.split("=", 1) for x in line.split(": ", 1)[1].split())
+        return text
+
+    def wait_message(self, field: str, timeout: float = WAIT) -> str:
+        """Wait for a notification carrying ``field`` (e.g. READY=1); fail if the daemon dies."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.output()}")
+            text = self._receive(0.1)
+            if text is not None and field in text.splitlines():
+                return text
+        raise AssertionError(f"no {field} from the daemon:\n{self.output()}")
+
+    def address(self, listener: str) -> tuple[str, int]:
+        host, _, port = self.status[listener].rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def reload(self) -> str:
+        """SIGHUP and wait until the daemon says it is ready again."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        self.wait_message("RELOADING=1")
+        return self.wait_message("READY=1")
+
+    def stop(self, timeout: float = WAIT) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.log.close()
+        return code
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.notify.close()
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+
+def connect(address: tuple[str, int], claim: str | None = None, timeout: float = 5.0) -> socket.socket:
+    """A client connection; with ``claim``, a PROXY v1 header saying it comes from there."""
+    sock = socket.create_connection(address, timeout=timeout)
+    if claim is not None:
+        local = sock.getsockname()
+        sock.sendall(encode_v1((claim, 40000), (local[0], address[1])))
+    return sock
+
+
+def read_until_closed(sock: socket.socket, limit: int = 1 << 20) -> bytes:
+    """Everything the peer sends until it closes (RST counts as closed)."""
+    chunks = []
+    try:
+        while data := sock.recv(65536):
+            chunks.append(data)
+            if sum(map(len, chunks)) > limit:
+                break
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            break
+        buf += data
+    return bytes(buf)
