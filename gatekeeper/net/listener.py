@@ -14,6 +14,7 @@ import struct
 import time
 from ipaddress import ip_address
 from typing import Protocol as TypingProtocol
+from typing import cast
 
 from gatekeeper.errors import ProtocolError
 from gatekeeper.events import Outcome, Rejection, Sink
@@ -69,8 +70,7 @@ class FrontProtocol(asyncio.Protocol):
         self.trusted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's isn't a subclass
         peer = transport.get_extra_info("peername")
         self.peer = (normalise_host(peer[0]), peer[1]) if peer else ("", 0)
         listener = self.listener

@@ -44,7 +44,7 @@ _V2_FIXED: Final = 16
 _V2_INET_BLOCK: Final = 12
 _V2_INET6_BLOCK: Final = 36
 _V2_UNIX_BLOCK: Final = 216
-# Spec 2.2.x: a TLV is a type byte and a 2-byte big-endian length, then the value.
+# Spec 2.2: a TLV is a type byte and a 2-byte big-endian length, then the value.
 _TLV_HEAD: Final = 3
 
 # v2's length field allows a header of 16 + 65535 bytes. The largest address block the spec
@@ -89,7 +89,7 @@ NEED_DATA: Final = NeedData.NEED_DATA
 
 @dataclass(frozen=True, slots=True)
 class ProxyHeader:
-    """A parsed PROXY header; addresses are in ``ipaddress`` canonical text form."""
+    """A parsed PROXY header; addresses are canonical text (see ``_address_text``)."""
 
     version: int  # 1 or 2
     local: bool  # v2 LOCAL, v2 AF_UNSPEC or v1 UNKNOWN: use the sender's own address
@@ -99,6 +99,17 @@ class ProxyHeader:
 
 _LOCAL_V1: Final = ProxyHeader(version=1, local=True, source=None, destination=None)
 _LOCAL_V2: Final = ProxyHeader(version=2, local=True, source=None, destination=None)
+
+
+def _address_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """Canonical text; IPv4-mapped IPv6 as ``::ffff:a.b.c.d``, whatever the Python version.
+
+    That is how the kernel (``getpeername``) and Python 3.13+ print them, and what the
+    listener's normalisation to IPv4 expects; Python 3.11 would print ``::ffff:c000:207``.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
 
 
 def looks_like_proxy(data: bytes) -> bool:
@@ -222,7 +233,7 @@ def _v1_address(
 ) -> str:
     if _ADDRESS_CHARS.fullmatch(text):
         try:
-            return str(family(text.decode("ascii")))
+            return _address_text(family(text.decode("ascii")))
         except ValueError:
             pass
     raise ProtocolError(f"bad PROXY v1 {what} address {text[:48]!r}")
@@ -279,8 +290,8 @@ def _parse_v2(data: bytes, max_size: int) -> tuple[ProxyHeader, int] | NeedData:
     problem = _check_tlvs(block[need:])
     if problem:
         raise ProtocolError(f"bad PROXY v2 TLV: {problem}")
-    src = str(make(block[:ip_size]))
-    dst = str(make(block[ip_size : 2 * ip_size]))
+    src = _address_text(make(block[:ip_size]))
+    dst = _address_text(make(block[ip_size : 2 * ip_size]))
     sport, dport = struct.unpack_from("!HH", block, 2 * ip_size)
     header = ProxyHeader(version=2, local=False, source=(src, sport), destination=(dst, dport))
     return header, size
@@ -307,7 +318,8 @@ def encode_v1(source: tuple[str, int] | None, destination: tuple[str, int] | Non
         return b"PROXY UNKNOWN\r\n"
     (src, sport), (dst, dport) = pair
     protocol = "TCP4" if src.version == 4 else "TCP6"
-    return f"PROXY {protocol} {src} {dst} {sport} {dport}\r\n".encode("ascii")
+    src_text, dst_text = _address_text(src), _address_text(dst)
+    return f"PROXY {protocol} {src_text} {dst_text} {sport} {dport}\r\n".encode("ascii")
 
 
 def encode_v2(
