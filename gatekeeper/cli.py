@@ -98,7 +98,12 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _runner() -> asyncio.Runner:
-    """uvloop when installed, asyncio otherwise: the one place the loop is chosen."""
+    """uvloop when installed, asyncio otherwise: the one place the loop is chosen.
+
+    ``GATEKEEPER_LOOP=asyncio`` forces the standard loop (for comparisons and debugging).
+    """
+    if os.environ.get("GATEKEEPER_LOOP") == "asyncio":
+        return asyncio.Runner()
     try:
         import uvloop
     except ImportError:
