@@ -28,10 +28,10 @@ def _day(name: str) -> int:
         raise ValueError(f"unknown day {name!r} (use Mon, Tue, Wed, Thu, Fri, Sat, Sun)") from None
 
 
-def _minute(text: str) -> int:
+def _minute(text: str, *, end: bool = False) -> int:
     hh, mm = (int(x) for x in text.split(":"))
-    if mm > 59 or hh > 24 or (hh == 24 and mm):
-        raise ValueError(f"bad time {text!r} (use HH:MM from 00:00 to 24:00)")
+    if mm > 59 or hh > 24 or (hh == 24 and (mm or not end)):
+        raise ValueError(f"bad time {text!r} (use HH:MM from 00:00 to 24:00, 24:00 as an end only)")
     return hh * 60 + mm
 
 
@@ -53,7 +53,7 @@ class Hours:
             first = _day(m["d1"]) if m["d1"] else 0
             last = _day(m["d2"]) if m["d2"] else (first if m["d1"] else 6)
             start = _minute(m["t1"]) if m["t1"] else 0
-            end = _minute(m["t2"]) if m["t2"] else _MINUTES_PER_DAY
+            end = _minute(m["t2"], end=True) if m["t2"] else _MINUTES_PER_DAY
             if end == start:
                 raise ValueError(f"empty window {part.strip()!r}: start and end are equal")
             length = end - start if end > start else end + _MINUTES_PER_DAY - start
