@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -55,14 +53,18 @@ def measure(pid: int, port: int, count: int, concurrency: int) -> tuple[float, f
     return done / wall, cpu / done * 1e6
 
 
-def run_gatekeeper(style: str, count: int, concurrency: int, loop: str, rounds: int) -> list[tuple[float, float]]:
+def run_gatekeeper(
+    style: str, count: int, concurrency: int, loop: str, rounds: int
+) -> list[tuple[float, float]]:
     with tempfile.TemporaryDirectory(prefix="gk-bench") as tmp:
         port = free_port()
         config = write_config(Path(tmp), port, style)
         env = dict(os.environ)
         if loop == "asyncio":
             env["GATEKEEPER_LOOP"] = "asyncio"
-        proc = spawn([sys.executable, "-m", "gatekeeper", "run", "-c", str(config)], env=env, cwd=tmp)
+        proc = spawn(
+            [sys.executable, "-m", "gatekeeper", "run", "-c", str(config)], env=env, cwd=tmp
+        )
         try:
             wait_port("127.0.0.1", port, timeout=60)
             return [measure(proc.pid, port, count, concurrency) for _ in range(rounds)]
@@ -70,7 +72,9 @@ def run_gatekeeper(style: str, count: int, concurrency: int, loop: str, rounds: 
             stop(proc)
 
 
-def run_baseline(style: str, count: int, concurrency: int, loop: str, rounds: int) -> list[tuple[float, float]]:
+def run_baseline(
+    style: str, count: int, concurrency: int, loop: str, rounds: int
+) -> list[tuple[float, float]]:
     port = free_port()
     cmd = [sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port), "--loop", loop]
     if style == "reply":

@@ -79,7 +79,9 @@ async def _hammer(host: str, port: int, count: int, concurrency: int, header: by
     return done
 
 
-def hammer(host: str, port: int, count: int, concurrency: int = 32, header: bytes | None = None) -> tuple[int, float]:
+def hammer(
+    host: str, port: int, count: int, concurrency: int = 32, header: bytes | None = None
+) -> tuple[int, float]:
     """Run the load; returns (connections completed, wall seconds)."""
     try:
         import uvloop

@@ -69,8 +69,7 @@ class App:
         systemd.notify("READY=1", f"STATUS={self._status()}")
         await self.stopping.wait()
         systemd.notify("STOPPING=1", "STATUS=stopping: draining sessions")
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        loop.remove_signal_handler(signal.SIGHUP)  # a further TERM or INT changes nothing
         await self._shutdown()
         return 0
 
@@ -127,7 +126,7 @@ class App:
             for problem in exc.problems:
                 log.error("reload failed: %s", problem)
             log.error("reload failed: the previous configuration and rules stay in force")
-            systemd.notify("READY=1", f"STATUS={self._status()} (last reload failed)")
+            systemd.notify("READY=1", f"STATUS={self._status()}; last reload failed")
             return False
         if settings.database != self.settings.database:
             log.warning("database: a new path takes effect at restart, not at reload")
@@ -175,11 +174,12 @@ class App:
 
     # -- what to tell people ------------------------------------------------------------
     def _listening(self) -> str:
-        parts = [
-            f"{x.name} ({x.settings.protocol}{', monitor' if x.settings.mode is Mode.MONITOR else ''})"
-            f" on {x.address} -> {x.settings.upstream}"
-            for x in self.listeners.values()
-        ]
+        parts = []
+        for x in self.listeners.values():
+            mode = ", monitor" if x.settings.mode is Mode.MONITOR else ""
+            parts.append(
+                f"{x.name} ({x.settings.protocol}{mode}) on {x.address} -> {x.settings.upstream}"
+            )
         return ", ".join(parts) or "no listeners"
 
     def _rules(self) -> str:

@@ -164,7 +164,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
             )
         names = [args.listener]
     at = _parse_at(args.at) or datetime.now()
-    rows = []
+    rows: list[dict[str, str | None]] = []
     for name in names:
         d = ruleset.decide(address, name, at)
         rows.append({
@@ -179,7 +179,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             source = row["source"] or "(no default: line in any rule file)"
-            print(f"{row['listener']}\t{row['action']}\t{row['reason']}\t{row['match'] or '-'}\t{source}")
+            fields = (row["listener"], row["action"], row["reason"], row["match"] or "-", source)
+            print("\t".join(str(f) for f in fields))
     return EXIT_OK
 
 

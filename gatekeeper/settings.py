@@ -115,15 +115,16 @@ def parse_network(text: str) -> Network:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise ValueError(f"bad network {text!r}: {exc}") from None
-    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None:
+    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+    if mapped is not None and net.prefixlen >= 96:
         # ::ffff:10.0.0.0/104 is the IPv4 network 10.0.0.0/8: store it that way.
-        if net.prefixlen >= 96:
-            mapped = net.network_address.ipv4_mapped
-            return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
+        return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
     return net
 
 
-def normalise_address(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def normalise_address(
+    addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """IPv4-mapped IPv6 (``::ffff:a.b.c.d``) becomes IPv4; a zone id is dropped."""
     if isinstance(addr, str):
         addr = ipaddress.ip_address(addr.split("%", 1)[0])

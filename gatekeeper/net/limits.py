@@ -21,10 +21,12 @@ class AddressLimits:
         self._recent: dict[str, deque[float]] = {}
 
     def admit(self, address: str, now: float) -> bool:
-        """Count a new connection from ``address``; False if it is over a limit."""
-        per_address = self.limits.per_address
-        if per_address is not None and self._active.get(address, 0) >= per_address:
-            return False
+        """Count a new connection from ``address``; False if it is over a limit.
+
+        Every attempt counts toward the rate, refused ones too (like HAProxy's conn_rate):
+        an address that keeps hammering stays over the limit until it pauses for a window.
+        """
+        over = False
         rate = self.limits.rate
         if rate is not None:
             count, window = rate
@@ -32,9 +34,12 @@ class AddressLimits:
             if times is None:
                 times = self._recent[address] = deque(maxlen=count)
             elif len(times) == count and now - times[0] < window:
-                return False
+                over = True
             times.append(now)
-        return True
+        per_address = self.limits.per_address
+        if per_address is not None and self._active.get(address, 0) >= per_address:
+            over = True
+        return not over
 
     def opened(self, address: str) -> None:
         self._active[address] = self._active.get(address, 0) + 1

@@ -8,6 +8,7 @@ A denied client never causes a connection to the upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
@@ -123,6 +124,8 @@ class FrontProtocol(asyncio.Protocol):
         now = time.time()
         decision = listener.gate.ruleset.decide(address, listener.name)
         would_reject: str | None = None
+        reason: str | None
+        rule: str | None
         if not decision.allowed:
             source = decision.source
             reason, rule = decision.reason.value, str(source) if source is not None else None
@@ -159,10 +162,8 @@ class FrontProtocol(asyncio.Protocol):
         elif style is RejectStyle.RESET:
             sock = transport.get_extra_info("socket")
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                except OSError:
-                    pass
             transport.abort()
         else:
             transport.close()
@@ -178,9 +179,15 @@ class FrontProtocol(asyncio.Protocol):
                 and not relay.early
                 and _is_proxy_header(data)
             ):
-                log.warning("%s: PROXY header from an untrusted sender on %s", self.peer[0], self.listener.name)
+                log.warning(
+                    "%s: PROXY header from an untrusted sender on %s",
+                    self.peer[0],
+                    self.listener.name,
+                )
                 self.listener.sink.rejected(
-                    Rejection(self.listener.name, relay.address, Reason.PROXY.value, None, time.time())
+                    Rejection(
+                        self.listener.name, relay.address, Reason.PROXY.value, None, time.time()
+                    )
                 )
                 relay.close(Outcome.PROXY)
                 return
@@ -291,7 +298,7 @@ class Listener:
             self._idle.set()
 
     async def drain(self, grace: float) -> int:
-        """Wait up to ``grace`` seconds for sessions to end, then cut the rest; returns cut count."""
+        """Wait up to ``grace`` seconds for sessions to end, then cut the rest; return how many."""
         try:
             async with asyncio.timeout(grace):
                 await self._idle.wait()

@@ -27,6 +27,9 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 # Bytes a client may send before the upstream connection is up (read is paused after this).
 EARLY_LIMIT = 64 * 1024
+# After both sides said goodbye, how long the last buffered bytes may take to flush before
+# the session is cut (a peer that neither reads nor closes must not hold it forever).
+CLOSE_LINGER = 60.0
 REPLY_421 = b"421 Service not available, closing control connection.\r\n"
 
 
@@ -34,9 +37,26 @@ class Relay:
     """One accepted session between a client transport and an upstream transport."""
 
     __slots__ = (
-        "address", "bytes_down", "bytes_up", "client", "client_eof", "closed", "early",
-        "idle_handle", "last_active", "listener", "local", "loop", "port", "start",
-        "upstream", "upstream_eof", "outcome", "task", "would_reject", "_lost",
+        "_lost",
+        "address",
+        "bytes_down",
+        "bytes_up",
+        "client",
+        "client_eof",
+        "closed",
+        "early",
+        "idle_handle",
+        "last_active",
+        "listener",
+        "local",
+        "loop",
+        "outcome",
+        "port",
+        "start",
+        "task",
+        "upstream",
+        "upstream_eof",
+        "would_reject",
     )  # fmt: skip
 
     def __init__(
@@ -125,6 +145,7 @@ class Relay:
         self.closed = True
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+        self.idle_handle = self.loop.call_later(CLOSE_LINGER, self._linger_expired)
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
@@ -138,15 +159,31 @@ class Relay:
         if self.upstream is not None:
             self.upstream.abort()
 
+    def _linger_expired(self) -> None:
+        if self._lost < 2:
+            self.client.abort()
+            if self.upstream is not None:
+                self.upstream.abort()
+
     def _side_lost(self, exc: Exception | None) -> None:
-        if exc is not None and self.outcome is Outcome.CLOSED:
-            self.outcome = Outcome.ERROR
         self._lost += 1
-        self.close()
+        if exc is not None:
+            # A side broke (reset): what is buffered for the other side is moot; cut it too,
+            # or a peer stuck writing to us would hold the session open.
+            if self.outcome is Outcome.CLOSED:
+                self.outcome = Outcome.ERROR
+            self.close()
+            self.client.abort()
+            if self.upstream is not None:
+                self.upstream.abort()
+        else:
+            self.close()
         if self._lost == 2:
             self._finish()
 
     def _finish(self) -> None:
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
         listener = self.listener
         listener.finished(self)
         listener.sink.session(
@@ -183,6 +220,8 @@ class Relay:
     # -- client side (called by FrontProtocol) ----------------------------------------
     def client_data(self, data: bytes) -> None:
         upstream = self.upstream
+        if self.closed:
+            return
         if upstream is None:
             self.early += data
             if len(self.early) > EARLY_LIMIT:
@@ -214,6 +253,8 @@ class Relay:
 
     # -- upstream side (called by _Upstream) ------------------------------------------
     def upstream_data(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.last_active = self.loop.time()
         self.bytes_down += len(data)
         self.client.write(data)

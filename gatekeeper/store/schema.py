@@ -51,12 +51,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (day, listener, address, monitor)
         ) WITHOUT ROWID
         """,
-        # Per address: grouping by address, and the first attempt ever of a
-        # (listener, address) for the NEW flag (the primary key columns are appended to
-        # every index of a WITHOUT ROWID table, so MIN(day) is one seek).
-        "CREATE INDEX rejections_address ON rejections (address, listener)",
-        # --service without a date range.
-        "CREATE INDEX rejections_listener ON rejections (listener, day)",
+        # Reports group by address and by (listener, address): this index covers those
+        # queries, read in order with no sort and no lookup into the table (the primary
+        # key columns, day and monitor, are part of every index of a WITHOUT ROWID
+        # table). It also makes the NEW flag's "first day ever of (listener, address)"
+        # one seek. Date ranges and purges use the primary key (day first).
+        """
+        CREATE INDEX rejections_address
+            ON rejections (address, listener, first, last, attempts)
+        """,
         # One row per accepted session.
         """
         CREATE TABLE sessions (
@@ -97,7 +100,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """
         CREATE TABLE meta (
             key   TEXT PRIMARY KEY,
-            value TEXT
+            value                                   -- no type: numbers stay numbers
         ) WITHOUT ROWID
         """,
     ),
@@ -188,9 +191,10 @@ def prepare(path: Path) -> None:
 def connect_readonly(path: Path) -> sqlite3.Connection:
     """Open an existing database read-only (URI ``mode=ro``), for reports.
 
-    Raises ``sqlite3.OperationalError`` when the file does not exist. A reader that may
-    not create the WAL index next to a database nobody has open (the daemon is stopped
-    and the folder is not writable for this user) falls back to ``immutable=1``.
+    Raises ``sqlite3.OperationalError`` when the file does not exist or cannot be read.
+    A reader that may not create the WAL index next to a database whose WAL is empty
+    (the daemon is stopped and the folder is not writable for this user) falls back to
+    ``immutable=1``, which is exact then: every committed row is in the main file.
     """
     uri = path.resolve().as_uri()
     conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
@@ -199,10 +203,15 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA user_version").fetchone()  # open the file now
     except sqlite3.OperationalError:
         conn.close()
-        if not path.exists():
+        wal = path.with_name(path.name + "-wal")
+        if not path.exists() or (wal.exists() and wal.stat().st_size > 0):
             raise
         conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
-        conn.execute("PRAGMA user_version").fetchone()
+        try:
+            conn.execute("PRAGMA user_version").fetchone()
+        except BaseException:
+            conn.close()
+            raise
     return conn
 
 

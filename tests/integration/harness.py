@@ -146,7 +146,8 @@ class Daemon:
         self.messages.append(text)
         for line in text.splitlines():
             if line.startswith("STATUS=listening: "):
-                self.status = dict(x.split("=", 1) for x in line.split(": ", 1)[1].split())
+                listeners = line.split(": ", 1)[1].split(";")[0]
+                self.status = dict(x.split("=", 1) for x in listeners.split())
         return text
 
     def wait_message(self, field: str, timeout: float = WAIT) -> str:
@@ -187,16 +188,21 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.proc is not None and not self.log.closed:
+            self.log.close()
         self.notify.close()
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
 
-def connect(address: tuple[str, int], claim: str | None = None, timeout: float = 5.0) -> socket.socket:
+def connect(
+    address: tuple[str, int], claim: str | None = None, timeout: float = 5.0
+) -> socket.socket:
     """A client connection; with ``claim``, a PROXY v1 header saying it comes from there."""
     sock = socket.create_connection(address, timeout=timeout)
     if claim is not None:
-        local = sock.getsockname()
-        sock.sendall(encode_v1((claim, 40000), (local[0], address[1])))
+        # The header's two addresses are of one family; the destination is not checked.
+        destination = "::1" if ":" in claim else "127.0.0.1"
+        sock.sendall(encode_v1((claim, 40000), (destination, address[1])))
     return sock
 
 

