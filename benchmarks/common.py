@@ -67,13 +67,20 @@ async def _hammer(host: str, port: int, count: int, concurrency: int, header: by
             next_i += 1
             try:
                 reader, writer = await asyncio.open_connection(host, port)
+            except ConnectionResetError:
+                done += 1  # reset during the handshake: rejected all the same
+                continue
+            except OSError:
+                continue
+            try:
                 if header is not None:
                     writer.write(header)
                 await reader.read()
+            except ConnectionResetError:
+                pass  # a reset is how the "reset" style rejects
+            finally:
                 writer.close()
-                done += 1
-            except OSError:
-                pass
+            done += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return done

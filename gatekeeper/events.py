@@ -52,7 +52,48 @@ class SessionRecord:
     would_reject: str | None = None  # monitor mode: the reason it would have been rejected
 
 
+@dataclass(frozen=True, slots=True)
+class Login:
+    """An FTP sign-on attempt: USER then PASS answered 230 (ok) or 530 (failed)."""
+
+    listener: str
+    address: str
+    user: str  # upper-cased, in full
+    ok: bool
+    when: float
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRequest:
+    """An FTP command refused by the command rules (550), e.g. RCMD or SITE."""
+
+    listener: str
+    address: str
+    user: str | None
+    command: str  # upper-case verb
+    argument: str  # as sent (never a password: PASS is always allowed)
+    when: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """An automatic ban: ``key`` is the banned address, or the IPv6 prefix (``2001:db8::/64``)."""
+
+    key: str
+    address: str  # the address whose failures caused it
+    listener: str
+    since: float
+    until: float
+    failures: int
+
+
 class Sink(Protocol):
     def rejected(self, event: Rejection) -> None: ...
 
     def session(self, record: SessionRecord) -> None: ...
+
+    def login(self, event: Login) -> None: ...
+
+    def refused_request(self, event: RefusedRequest) -> None: ...
+
+    def banned(self, ban: Ban) -> None: ...
