@@ -7,13 +7,16 @@ The rule set is one reference, ``App.ruleset``: a reload builds the new one off 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from gatekeeper import __version__, config, systemd
+from gatekeeper.bans import BanList
 from gatekeeper.errors import ConfigError, GatekeeperError
 from gatekeeper.net.listener import Listener
 from gatekeeper.rules.engine import RuleSet
@@ -21,6 +24,10 @@ from gatekeeper.settings import ListenerSettings, Mode, Settings
 from gatekeeper.store.recorder import Recorder
 
 log = logging.getLogger(__name__)
+
+# How often the daemon looks for bans lifted by ``gatekeeper bans lift`` and drops expired
+# ones: PRODUCT.md promises a lift takes effect within a second.
+BAN_POLL_INTERVAL = 1.0
 
 
 def _load(path: Path) -> tuple[Settings, RuleSet]:
@@ -46,6 +53,8 @@ class App:
         self.listeners: dict[str, Listener] = {}
         self.retired: list[Listener] = []  # removed at reload; their sessions still drain
         self.recorder = Recorder(self.settings.database, retention=self.settings.retention)
+        self.bans = BanList()
+        self._bans_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
         self.reloads = 0
         self.last_reload: float | None = None
@@ -56,6 +65,8 @@ class App:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         await self.recorder.start()
+        marker = await self._restore_bans()
+        self._bans_task = loop.create_task(self._watch_bans(marker), name="gatekeeper-bans")
         try:
             for settings in self.settings.listeners:
                 self.listeners[settings.name] = await self._start_listener(settings)
@@ -87,6 +98,11 @@ class App:
     async def _shutdown(self) -> None:
         if self._reload_task is not None:
             self._reload_task.cancel()
+        if self._bans_task is not None:
+            self._bans_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._bans_task
+            self._bans_task = None
         every = [*self.listeners.values(), *self.retired]
         for listener in every:
             await listener.stop_accepting()
@@ -98,6 +114,51 @@ class App:
             log.warning("stopping: cut %d session(s) still open after the drain period", sum(cut))
         await self.recorder.close()
         log.info("gatekeeper stopped")
+
+    # -- bans ---------------------------------------------------------------------------
+    async def _restore_bans(self) -> int | None:
+        """Put the active bans of the database back in force, without recording them again.
+
+        Returns the lift marker for ``_watch_bans``, taken before the bans are read so a
+        lift made in between is seen by the first poll. None if the database could not be
+        read (logged; the poll tries again).
+        """
+        try:
+            _, marker = await self.recorder.lifted_since(None)
+            saved = await self.recorder.load_bans(time.time())
+        except (sqlite3.Error, ValueError) as exc:
+            log.error("cannot restore bans from %s: %s", self.settings.database, exc)
+            return None
+        restored = 0
+        for ban in saved:
+            try:
+                self.bans.add(ban)
+            except ValueError as exc:
+                log.warning("%s: ban on %r not restored: %s", self.settings.database, ban.key, exc)
+            else:
+                restored += 1
+        log.info("restored %d active bans", restored)
+        return marker
+
+    async def _watch_bans(self, marker: int | None) -> None:
+        """Once a second: apply lifts made by an administrator, drop expired bans."""
+        failing = False
+        while True:
+            await asyncio.sleep(BAN_POLL_INTERVAL)
+            try:
+                keys, marker = await self.recorder.lifted_since(marker)
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite connection gone
+                if not failing:
+                    log.error("bans: cannot read lifts from %s: %s", self.settings.database, exc)
+                failing = True
+            else:
+                failing = False
+                for key in keys:
+                    if self.bans.lift(key):
+                        log.info("ban on %s lifted", key)
+                    else:
+                        log.info("ban on %s lifted (it was not in force here)", key)
+            self.bans.prune(time.time())
 
     # -- reload -------------------------------------------------------------------------
     def request_reload(self) -> None:

@@ -8,12 +8,14 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from gatekeeper import __version__, config
 from gatekeeper.errors import ConfigError, GatekeeperError
+from gatekeeper.events import Ban
 
 log = logging.getLogger("gatekeeper")
 
@@ -62,6 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--until", metavar="DATE", help="YYYY-MM-DD (local) or ISO timestamp")
     report.add_argument("--format", choices=("text", "json", "csv"), default="text")
     report.set_defaults(func=cmd_report)
+
+    bans = commands.add_parser(
+        "bans", help="show or lift automatic bans",
+        description="List the active automatic bans (the default), or lift the one covering "
+        "an address; the running daemon applies a lift within a second.",
+    )  # fmt: skip
+    _config_option(bans)
+    bans.add_argument("--format", choices=("text", "json"), default="text")
+    bans.set_defaults(func=cmd_bans, action="list")
+    actions = bans.add_subparsers(dest="action", metavar="ACTION")
+    # Options may come before or after the action: after it, SUPPRESS keeps an option not
+    # given from overwriting the one given before it.
+    bans_list = actions.add_parser("list", help="the active bans (the default)")
+    bans_lift = actions.add_parser("lift", help="lift the ban covering an address")
+    bans_lift.add_argument("address", metavar="IP", help="an address, or a ban's key")
+    for sub in (bans_list, bans_lift):
+        sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
+                         help="configuration file")  # fmt: skip
+        sub.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS)
     return parser
 
 
@@ -207,6 +228,70 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         out = render.render_text(report, letters=letters)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    return EXIT_OK
+
+
+# -- bans --------------------------------------------------------------------------------
+def _local_time(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def _utc_time(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _ban_dict(ban: Ban) -> dict[str, object]:
+    return {
+        "key": ban.key,
+        "address": ban.address,
+        "listener": ban.listener,
+        "since": _utc_time(ban.since),
+        "until": _utc_time(ban.until),
+        "failures": ban.failures,
+    }
+
+
+def _ban_table(bans: Sequence[Ban]) -> str:
+    head = ("KEY", "ADDRESS", "LISTENER", "SINCE", "UNTIL", "FAILURES")
+    rows = [head] + [
+        (b.key, b.address, b.listener, _local_time(b.since), _local_time(b.until),
+         str(b.failures)) for b in bans
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def cmd_bans(args: argparse.Namespace) -> int:
+    from gatekeeper.bans import covering_keys
+    from gatekeeper.store.recorder import active_bans, lift_bans
+
+    settings = config.load_settings(args.config)
+    if args.action == "lift":
+        try:
+            keys = covering_keys(args.address)
+        except ValueError:
+            raise GatekeeperError(
+                f"{args.address!r} is not an IPv4 or IPv6 address or a ban's key"
+            ) from None
+        lifted = lift_bans(settings.database, keys)
+        if not lifted:
+            raise GatekeeperError(f"no active ban covers {args.address}")
+        if args.format == "json":
+            print(json.dumps({"lifted": [_ban_dict(b) for b in lifted]}, indent=2))
+        else:
+            for b in lifted:
+                print(f"lifted the ban on {b.key} (address {b.address}, listener {b.listener}, "
+                      f"until {_local_time(b.until)}, {b.failures} failures)")  # fmt: skip
+        return EXIT_OK
+    bans = active_bans(settings.database)
+    if args.format == "json":
+        print(json.dumps([_ban_dict(b) for b in bans], indent=2))
+    elif not bans:
+        print("no bans")
+    else:
+        print(_ban_table(bans))
     return EXIT_OK
 
 

@@ -42,7 +42,8 @@ from pydantic import (
     model_validator,
 )
 
-from gatekeeper.errors import ConfigError, Problem
+from gatekeeper.errors import ConfigError, GatekeeperError, Problem
+from gatekeeper.ftp import tls
 from gatekeeper.rules.hours import Hours
 from gatekeeper.rules.model import (
     Action,
@@ -684,6 +685,7 @@ class _TlsModel(_Model):
     certificate: NonEmptyText | None = None
     key: NonEmptyText | None = None
     upstream: Annotated[Literal["plain", "tls"], BeforeValidator(_v_lower)] = "plain"
+    upstream_ca: NonEmptyText | None = None
 
 
 def _v_tls(value: object) -> object:
@@ -716,6 +718,7 @@ class _ListenerModel(_Model):
     timeouts: _TimeoutsModel | None = None
     mode: ModeField | None = None
     enforce_on_reload: Bool = False
+    allow_foreign_data: Bool = False
 
 
 class _WebModel(_Model):
@@ -1043,8 +1046,8 @@ def _build_settings(cfg: _ConfigModel, doc: _Doc, path: Path) -> tuple[Settings,
                 "write reject: close or reject: reset",
             )
         if not is_ftp:
-            for key in ("passive_ports", "passive_address", "tls"):
-                if getattr(lm, key) is not None:
+            for key in ("passive_ports", "passive_address", "tls", "allow_foreign_data"):
+                if key in lm.model_fields_set and getattr(lm, key) is not None:
                     problem(
                         (*loc, key),
                         f"{who}{key} applies to ftp listeners only; remove it "
@@ -1065,6 +1068,7 @@ def _build_settings(cfg: _ConfigModel, doc: _Doc, path: Path) -> tuple[Settings,
                 certificate=_resolve(base, t.certificate) if t.certificate else None,
                 key=_resolve(base, t.key) if t.key else None,
                 upstream=t.upstream,
+                upstream_ca=_resolve(base, t.upstream_ca) if t.upstream_ca else None,
             )
         if lm.reject is not None:
             reject = RejectStyle(lm.reject)
@@ -1089,6 +1093,7 @@ def _build_settings(cfg: _ConfigModel, doc: _Doc, path: Path) -> tuple[Settings,
                 limits=limits,
                 timeouts=_timeouts(timeouts, lm.timeouts),
                 enforce_on_reload=lm.enforce_on_reload,
+                allow_foreign_data=lm.allow_foreign_data,
             )
         )
     for i, ls in enumerate(listeners):
@@ -1471,6 +1476,19 @@ def load_rules(settings: Settings) -> RulesSpec:
     return spec
 
 
+def _tls_problems(settings: Settings) -> list[Problem]:
+    """Certificates and keys named by ``tls: terminate`` must load."""
+    found = []
+    for listener in settings.listeners:
+        try:
+            tls.client_context(listener)
+            tls.upstream_context(listener)
+        except GatekeeperError as exc:
+            source = listener.source
+            found.append(Problem(source.file, source.line, str(exc).split(": ", 1)[1]))
+    return found
+
+
 def load(path: str | Path) -> tuple[Settings, RulesSpec]:
     """Both the config and the rule files; problems of both kinds in one ConfigError.
 
@@ -1482,6 +1500,8 @@ def load(path: str | Path) -> tuple[Settings, RulesSpec]:
     if context is not None:
         spec, found = _load_rules(context)
         problems = [*problems, *found]
+    if settings is not None:
+        problems = [*problems, *_tls_problems(settings)]
     if problems or settings is None or spec is None:
         raise ConfigError(_ordered(problems))
     return settings, spec

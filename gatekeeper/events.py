@@ -21,6 +21,11 @@ class Outcome(StrEnum):
     SHUTDOWN = "shutdown"  # cut at stop after the drain period
     ENFORCED = "enforced"  # cut at reload because its address is now denied
     PROXY = "proxy"  # an untrusted peer sent a PROXY header after being let in
+    # FTP sessions that ended normally say how the sign-on went:
+    LOGGED_IN = "logged-in"
+    LOGIN_FAILED = "login-failed"
+    DENIED_USER = "denied-user"
+    BANNED = "banned"
 
 
 @dataclass(frozen=True, slots=True)

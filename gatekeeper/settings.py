@@ -55,10 +55,17 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
-    mode: str = "refuse"  # refuse | terminate (FTP; issue 3)
+    """FTP ``AUTH TLS``: refuse it (534), or end TLS at gatekeeper with this certificate."""
+
+    mode: str = "refuse"  # refuse | terminate
     certificate: Path | None = None
     key: Path | None = None
-    upstream: str = "plain"
+    upstream: str = (
+        "plain"  # plain | tls: how gatekeeper talks to the upstream once a client is on TLS
+    )
+    upstream_ca: Path | None = (
+        None  # CA bundle that signed the upstream's certificate (default: system)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,7 @@ class ListenerSettings:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     enforce_on_reload: bool = False
+    allow_foreign_data: bool = False  # FTP: data connections from other addresses (NAT pools)
 
     @property
     def letter(self) -> str:
@@ -120,6 +128,21 @@ def parse_network(text: str) -> Network:
         # ::ffff:10.0.0.0/104 is the IPv4 network 10.0.0.0/8: store it that way.
         return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
     return net
+
+
+def normalise_host(host: str) -> str:
+    """Address text as compared and recorded: IPv4-mapped IPv6 becomes IPv4, a zone id goes."""
+    if ":" not in host:
+        return host
+    host = host.split("%", 1)[0]
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+def sockaddr_host(sockaddr: tuple[str, int] | tuple[str, int, int, int] | None) -> str:
+    """The normalised host of a socket address (``getpeername``/``getsockname``)."""
+    return normalise_host(sockaddr[0]) if sockaddr else ""
 
 
 def normalise_address(

@@ -17,14 +17,18 @@ from ipaddress import ip_address
 from typing import Protocol as TypingProtocol
 from typing import cast
 
+from gatekeeper.bans import BanList
 from gatekeeper.errors import ProtocolError
 from gatekeeper.events import Outcome, Rejection, Sink
+from gatekeeper.ftp import tls
+from gatekeeper.ftp.data import PortPool
+from gatekeeper.ftp.session import FtpSession
 from gatekeeper.net.limits import AddressLimits
 from gatekeeper.net.proxyproto import NEED_DATA, ProxyParser
 from gatekeeper.net.relay import EARLY_LIMIT, HIGH_WATER, LOW_WATER, REPLY_421, Relay
 from gatekeeper.rules.engine import RuleSet
 from gatekeeper.rules.model import Reason
-from gatekeeper.settings import ListenerSettings, Mode, RejectStyle
+from gatekeeper.settings import ListenerSettings, Mode, Protocol, RejectStyle, normalise_host
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +42,7 @@ class Gate(TypingProtocol):
     """What a listener asks before letting anyone in; the app swaps ``ruleset`` on reload."""
 
     ruleset: RuleSet
-
-
-def normalise_host(host: str) -> str:
-    """Peer address text as recorded: IPv4-mapped IPv6 becomes IPv4, a zone id is dropped."""
-    if ":" not in host:
-        return host
-    host = host.split("%", 1)[0]
-    if host.startswith("::ffff:") and "." in host:
-        return host[7:]
-    return host
+    bans: BanList
 
 
 def _is_proxy_header(first: bytes) -> bool:
@@ -122,11 +117,13 @@ class FrontProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         now = time.time()
-        decision = listener.gate.ruleset.decide(address, listener.name)
+        gate = listener.gate
         would_reject: str | None = None
         reason: str | None
         rule: str | None
-        if not decision.allowed:
+        if gate.bans and gate.bans.check(address, now) is not None:
+            reason, rule = Reason.BAN.value, None
+        elif not (decision := gate.ruleset.decide(address, listener.name)).allowed:
             source = decision.source
             reason, rule = decision.reason.value, str(source) if source is not None else None
         elif not listener.limits.admit(address, now):
@@ -143,6 +140,15 @@ class FrontProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         transport.pause_reading()  # until the upstream is connected; early bytes are buffered
         relay = Relay(listener, transport, address, port, self.early, would_reject)
+        relay.data_address = self.peer[0]
+        if listener.settings.protocol is Protocol.FTP:
+            # ABOR comes after a Telnet interrupt sent as TCP urgent data: keep it in line.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            relay.ftp = FtpSession(relay)
+            relay.client_protocol = self
         self.relay = relay
         relay.begin()
 
@@ -200,7 +206,8 @@ class FrontProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.relay is not None:
             self.relay.client_eof_received()
-            return True
+            # Keep writing after the client's EOF (half-close); over TLS that cannot be.
+            return self.transport is None or self.transport.get_extra_info("sslcontext") is None
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -237,6 +244,9 @@ class Listener:
         self.name = settings.name
         self.limits = AddressLimits(settings.limits)
         self.proxy_senders = settings.proxy_protocol
+        self.ports = PortPool(settings.passive_ports)
+        self.client_tls = tls.client_context(settings)
+        self.upstream_tls = tls.upstream_context(settings)
         self.relays: set[Relay] = set()
         self.server: asyncio.Server | None = None
         self.sock: socket.socket | None = None
@@ -247,10 +257,15 @@ class Listener:
     # -- settings -----------------------------------------------------------------------
     def update(self, settings: ListenerSettings) -> None:
         """Take new settings at reload (the socket and running sessions stay)."""
-        self.settings = settings
+        old, self.settings = self.settings, settings
         self.proxy_senders = settings.proxy_protocol
         if settings.limits != self.limits.limits:
             self.limits.limits = settings.limits
+        if settings.tls != old.tls:
+            self.client_tls = tls.client_context(settings)
+            self.upstream_tls = tls.upstream_context(settings)
+        if settings.passive_ports != self.ports.ports:
+            self.ports = PortPool(settings.passive_ports)  # channels still open release to the old
 
     def is_proxy_sender(self, host: str) -> bool:
         addr = ip_address(host)

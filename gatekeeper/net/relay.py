@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gatekeeper.events import Outcome, SessionRecord
+from gatekeeper.settings import sockaddr_host
 
 if TYPE_CHECKING:
+    from gatekeeper.ftp.session import FtpSession
     from gatekeeper.net.listener import Listener
 
 log = logging.getLogger(__name__)
@@ -37,26 +41,10 @@ class Relay:
     """One accepted session between a client transport and an upstream transport."""
 
     __slots__ = (
-        "_lost",
-        "address",
-        "bytes_down",
-        "bytes_up",
-        "client",
-        "client_eof",
-        "closed",
-        "early",
-        "idle_handle",
-        "last_active",
-        "listener",
-        "local",
-        "loop",
-        "outcome",
-        "port",
-        "start",
-        "task",
-        "upstream",
-        "upstream_eof",
-        "would_reject",
+        "_lost", "address", "bytes_down", "bytes_up", "client", "client_eof", "client_protocol",
+        "closed", "data_address", "early", "ftp", "idle_handle", "last_active", "listener",
+        "local", "loop", "outcome", "port", "start", "task", "upstream", "upstream_eof",
+        "upstream_hold", "upstream_protocol", "would_reject",
     )  # fmt: skip
 
     def __init__(
@@ -87,6 +75,11 @@ class Relay:
         self.last_active = self.loop.time()
         self.idle_handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.ftp: FtpSession | None = None  # the control-channel inspector of FTP listeners
+        self.data_address = address  # FTP data connections must come from here
+        self.client_protocol: asyncio.Protocol | None = None  # for TLS upgrades (FTP AUTH TLS)
+        self.upstream_protocol: _Upstream | None = None
+        self.upstream_hold: list[bytes] | None = None  # bytes held while upstream TLS starts
         self._lost = 0  # transports gone (client, upstream); the record is written at 2
 
     # -- life cycle -------------------------------------------------------------------
@@ -100,8 +93,9 @@ class Relay:
         target = settings.upstream
         try:
             async with asyncio.timeout(settings.timeouts.connect):
+                protocol = self.upstream_protocol = _Upstream(self)
                 transport, _ = await self.loop.create_connection(
-                    lambda: _Upstream(self), target.host, target.port
+                    lambda: protocol, target.host, target.port
                 )
         except (OSError, TimeoutError) as exc:
             log.warning(
@@ -128,9 +122,9 @@ class Relay:
             host = sockname[0]
             self.local = f"[{host}]:{sockname[1]}" if ":" in host else f"{host}:{sockname[1]}"
         if self.early:
-            self.bytes_up += len(self.early)
-            transport.write(bytes(self.early))
+            early = bytes(self.early)
             self.early.clear()
+            self._from_client(early)
         if self.client_eof and transport.can_write_eof():
             transport.write_eof()
         self.client.resume_reading()
@@ -146,6 +140,8 @@ class Relay:
         if self.idle_handle is not None:
             self.idle_handle.cancel()
         self.idle_handle = self.loop.call_later(CLOSE_LINGER, self._linger_expired)
+        if self.ftp is not None:
+            self.ftp.close()
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
@@ -186,6 +182,9 @@ class Relay:
             self.idle_handle.cancel()
         listener = self.listener
         listener.finished(self)
+        ftp = self.ftp
+        if ftp is not None and ftp.outcome is not None and self.outcome is Outcome.CLOSED:
+            self.outcome = Outcome(ftp.outcome)
         listener.sink.session(
             SessionRecord(
                 listener=listener.settings.name,
@@ -198,8 +197,33 @@ class Relay:
                 local=self.local,
                 bytes_up=self.bytes_up,
                 bytes_down=self.bytes_down,
+                user=ftp.user if ftp is not None else None,
+                files_sent=ftp.files_sent if ftp is not None else 0,
+                files_received=ftp.files_received if ftp is not None else 0,
                 would_reject=self.would_reject,
             )
+        )
+
+    # -- addresses the FTP inspector needs ------------------------------------------------
+    @property
+    def client_local(self) -> str:
+        """The address the client connected to (where its data connections should go)."""
+        return sockaddr_host(self.client.get_extra_info("sockname"))
+
+    @property
+    def upstream_host(self) -> str:
+        """The upstream's address as connected (its data ports live there too)."""
+        if self.upstream is None:
+            return self.listener.settings.upstream.host
+        return sockaddr_host(self.upstream.get_extra_info("peername"))
+
+    @property
+    def upstream_local(self) -> str | None:
+        """gatekeeper's own address toward the upstream (announced in PORT/EPRT)."""
+        return (
+            None
+            if self.upstream is None
+            else sockaddr_host(self.upstream.get_extra_info("sockname"))
         )
 
     # -- idle timeout -----------------------------------------------------------------
@@ -228,8 +252,72 @@ class Relay:
                 self.client.pause_reading()
             return
         self.last_active = self.loop.time()
+        self._from_client(data)
+
+    def _from_client(self, data: bytes) -> None:
+        if self.ftp is not None:
+            self.ftp.from_client(data)
+        else:
+            self.send_upstream(data)
+
+    def send_upstream(self, data: bytes) -> None:
+        assert self.upstream is not None
+        if self.upstream_hold is not None:
+            self.upstream_hold.append(data)
+            return
         self.bytes_up += len(data)
-        upstream.write(data)
+        self.upstream.write(data)
+
+    # -- TLS upgrades (FTP AUTH TLS with tls: terminate) ----------------------------------
+    def start_client_tls(self, context: ssl.SSLContext, done: Callable[[], None]) -> None:
+        """Become the TLS server on the client connection; ``done`` runs once it is up."""
+        self.loop.create_task(self._start_tls(context, client=True, done=done))
+
+    def start_upstream_tls(self, context: ssl.SSLContext, done: Callable[[], None]) -> None:
+        """Become a TLS client on the upstream connection; what the client sends meanwhile
+        is held and sent once TLS is up, never in plain."""
+        if self.upstream_hold is None:
+            self.upstream_hold = []
+        self.loop.create_task(self._start_tls(context, client=False, done=done))
+
+    async def _start_tls(
+        self, context: ssl.SSLContext, *, client: bool, done: Callable[[], None]
+    ) -> None:
+        settings = self.listener.settings
+        transport = self.client if client else self.upstream
+        protocol = self.client_protocol if client else self.upstream_protocol
+        assert transport is not None and protocol is not None
+        try:
+            new = await self.loop.start_tls(
+                transport, protocol, context, server_side=client,
+                server_hostname=None if client else settings.upstream.host,
+                ssl_handshake_timeout=settings.timeouts.connect,
+            )  # fmt: skip
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            side = "client" if client else f"upstream {settings.upstream}"
+            log.warning("%s: TLS with the %s failed: %s", self.address, side, exc or "timed out")
+            if not client and not self.closed:
+                self.client.write(REPLY_421)
+            self.close(Outcome.ERROR)
+            return
+        if new is None or self.closed:
+            return
+        tls_transport = new
+        if client:
+            self.client = tls_transport
+            front = self.client_protocol
+            if front is not None and hasattr(front, "transport"):
+                front.transport = tls_transport
+        else:
+            self.upstream = tls_transport
+            held, self.upstream_hold = self.upstream_hold or [], None
+            for data in held:
+                self.send_upstream(data)
+        done()
+
+    def send_client(self, data: bytes) -> None:
+        self.bytes_down += len(data)
+        self.client.write(data)
 
     def client_eof_received(self) -> None:
         self.client_eof = True
@@ -256,8 +344,10 @@ class Relay:
         if self.closed:
             return
         self.last_active = self.loop.time()
-        self.bytes_down += len(data)
-        self.client.write(data)
+        if self.ftp is not None:
+            self.ftp.from_upstream(data)
+        else:
+            self.send_client(data)
 
     def upstream_eof_received(self) -> None:
         self.upstream_eof = True

@@ -1,11 +1,15 @@
 """Write-behind recorder: the network side's ``Sink``, aggregating in memory, writing batches.
 
-``rejected()`` and ``session()`` are plain functions doing a dict update or a list append:
-nothing on the accept path touches the database. A writer task flushes what is pending
-every ``flush_interval`` seconds in one transaction (``INSERT … ON CONFLICT DO UPDATE``),
-so N rejections give attempts summing to N once flushed. A flush that fails keeps
+``rejected()``, ``session()``, ``login()``, ``refused_request()`` and ``banned()`` are plain
+functions doing a dict update or a list append: nothing on the accept path touches the
+database. A writer task flushes what is pending every ``flush_interval`` seconds in one
+transaction (``INSERT … ON CONFLICT DO UPDATE``), so N rejections (or logins, or refused
+requests) give attempts summing to N once flushed. A flush that fails keeps
 everything pending and is retried on the next tick; only what does not fit in
 ``max_pending`` is given up, and counted in ``dropped`` (also kept in ``meta``).
+
+Bans go both ways: the daemon reads the active ones back at start (``load_bans``) and
+learns once a second which ones an administrator lifted (``lifted_since``).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from gatekeeper.errors import GatekeeperError
-from gatekeeper.events import Rejection, SessionRecord
+from gatekeeper.events import Ban, Login, RefusedRequest, Rejection, SessionRecord
 from gatekeeper.store import schema
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,10 @@ PURGE_INTERVAL = 3600.0  # seconds between two retention purges (and one at star
 _DAY_SLACK = 2 * 86400.0
 
 _Key = tuple[str, str, str, int]  # (local day, listener, address, monitor)
+_T = TypeVar("_T")
+_LoginKey = tuple[str, str, str, str, int]  # (local day, listener, address, user, ok)
+# (local day, listener, address, user or "", command, argument cut to MAX_ARGUMENT)
+_RequestKey = tuple[str, str, str, str, str, str]
 
 _UPSERT_REJECTION = """
 INSERT INTO rejections (day, listener, address, monitor, first, last, attempts, reason, rule, user)
@@ -52,9 +61,70 @@ INSERT INTO sessions (day, listener, address, port, start, end, outcome, upstrea
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+_UPSERT_LOGIN = """
+INSERT INTO logins (day, listener, address, user, ok, first, last, attempts)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (day, listener, address, user, ok) DO UPDATE SET
+    attempts = attempts + excluded.attempts,
+    first = min(first, excluded.first),
+    last = max(last, excluded.last)
+"""
+
+_UPSERT_REQUEST = """
+INSERT INTO requests (day, listener, address, user, command, argument, first, last, attempts)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (day, listener, address, user, command, argument) DO UPDATE SET
+    attempts = attempts + excluded.attempts,
+    first = min(first, excluded.first),
+    last = max(last, excluded.last)
+"""
+
+# A new ban of a key replaces its previous row. A lift recorded after the new ban was made
+# (the administrator acted while it was waiting to be written) stays: the daemon applies it.
+_UPSERT_BAN = """
+INSERT INTO bans (key, address, listener, since, until, failures) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    address = excluded.address,
+    listener = excluded.listener,
+    since = excluded.since,
+    until = excluded.until,
+    failures = excluded.failures,
+    lifted = CASE WHEN lifted > excluded.since THEN lifted END,
+    lift_seq = CASE WHEN lifted > excluded.since THEN lift_seq END
+"""
+
+_BANS_VERSION = 2  # the schema version that added the bans table
+
+_ACTIVE_BANS = """
+SELECT key, address, listener, since, until, failures FROM bans
+WHERE lifted IS NULL AND until > ? ORDER BY since, key
+"""
+
+# meta 'ban_lifts' counts lifts; ``bans lift`` stores the new count in each row it lifts.
+_LIFT_COUNT = "SELECT value FROM meta WHERE key = 'ban_lifts'"
+_LIFTED_SINCE = "SELECT key, lift_seq FROM bans WHERE lift_seq > ? ORDER BY lift_seq"
+
+# {keys}: one "?" per key (a bound parameter each; the keys themselves are never SQL text)
+_LIFT = """
+UPDATE bans SET lifted = ?, lift_seq = ?
+WHERE key IN ({keys}) AND lifted IS NULL AND until > ?
+RETURNING key, address, listener, since, until, failures
+"""
+_COUNT_LIFT = """
+INSERT INTO meta (key, value) VALUES ('ban_lifts', 1)
+ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
+RETURNING value
+"""
+
 _PURGES = (
     "DELETE FROM rejections WHERE day <= ? AND last < ? RETURNING address",
     "DELETE FROM sessions WHERE day <= ? AND end < ? RETURNING address",
+)
+# Rows that locations do not depend on (their addresses have rejections or sessions).
+_PURGES_QUIET = (
+    "DELETE FROM logins WHERE day <= ? AND last < ?",
+    "DELETE FROM requests WHERE day <= ? AND last < ?",
+    "DELETE FROM bans WHERE ?1 = ?1 AND until < ?2",  # (day unused: bans have none)
 )
 
 _PURGE_LOCATION = """
@@ -110,6 +180,94 @@ class _Pending:
             self.user = newer.user
 
 
+class _Tally:
+    """Attempts of one login or refused-request row not yet written."""
+
+    __slots__ = ("count", "first", "last")
+
+    def __init__(self, when: float) -> None:
+        self.first = when
+        self.last = when
+        self.count = 1
+
+    def add(self, when: float) -> None:
+        self.count += 1
+        if when < self.first:
+            self.first = when
+        if when > self.last:
+            self.last = when
+
+    def merge(self, newer: _Tally) -> None:
+        self.count += newer.count
+        self.first = min(self.first, newer.first)
+        self.last = max(self.last, newer.last)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Everything not yet written. ``len()``: rows (what ``max_pending`` bounds)."""
+
+    rejections: dict[_Key, _Pending] = field(default_factory=dict)
+    sessions: list[SessionRecord] = field(default_factory=list)
+    logins: dict[_LoginKey, _Tally] = field(default_factory=dict)
+    requests: dict[_RequestKey, _Tally] = field(default_factory=dict)
+    bans: dict[str, Ban] = field(default_factory=dict)  # by key: the latest ban of each
+
+    def __len__(self) -> int:
+        return (
+            len(self.rejections)
+            + len(self.sessions)
+            + len(self.logins)
+            + len(self.requests)
+            + len(self.bans)
+        )
+
+    def records(self) -> int:
+        """Calls of the Sink this batch holds (what is lost if it is never written)."""
+        return (
+            sum(p.count for p in self.rejections.values())
+            + len(self.sessions)
+            + sum(t.count for t in self.logins.values())
+            + sum(t.count for t in self.requests.values())
+            + len(self.bans)
+        )
+
+    def merge(self, newer: _Batch) -> None:
+        """Fold ``newer`` (recorded while this one was being written) into this one."""
+        for key, pending in newer.rejections.items():
+            older = self.rejections.get(key)
+            if older is None:
+                self.rejections[key] = pending
+            else:
+                older.merge(pending)
+        self.sessions.extend(newer.sessions)
+        _merge_tallies(self.logins, newer.logins)
+        _merge_tallies(self.requests, newer.requests)
+        for ban in newer.bans.values():
+            _keep_latest(self.bans, ban)
+
+
+def _merge_tallies(into: dict[_T, _Tally], newer: dict[_T, _Tally]) -> None:
+    for key, tally in newer.items():
+        older = into.get(key)
+        if older is None:
+            into[key] = tally
+        else:
+            older.merge(tally)
+
+
+def _keep_latest(bans: dict[str, Ban], ban: Ban) -> None:
+    held = bans.get(ban.key)
+    if held is None or ban.since >= held.since:
+        bans[ban.key] = ban
+
+
+def _argument(text: str) -> str:
+    if len(text) <= schema.MAX_ARGUMENT:
+        return text
+    return text[: schema.MAX_ARGUMENT - 1] + "…"
+
+
 def _rejection_rows(pending: dict[_Key, _Pending]) -> Iterator[tuple[Any, ...]]:
     for (day, listener, address, monitor), p in pending.items():
         yield (
@@ -147,6 +305,23 @@ def _session_rows(records: Iterable[SessionRecord]) -> Iterator[tuple[Any, ...]]
         )
 
 
+def _tally_rows(pending: dict[Any, _Tally]) -> Iterator[tuple[Any, ...]]:
+    for key, t in pending.items():
+        yield (*key, schema.utc_text(t.first), schema.utc_text(t.last), t.count)
+
+
+def _ban_rows(bans: Iterable[Ban]) -> Iterator[tuple[Any, ...]]:
+    for b in bans:
+        yield (
+            b.key,
+            b.address,
+            b.listener,
+            schema.utc_text(b.since),
+            schema.utc_text(b.until),
+            b.failures,
+        )
+
+
 class Recorder:
     """Implements ``events.Sink``. ``start()`` it inside the event loop, ``close()`` at stop."""
 
@@ -163,11 +338,10 @@ class Recorder:
         self.retention = retention
         self.max_pending = max_pending
         # Records given up since start (pending full, unwritable at close, after close): one
-        # per rejected() or session() call that will never reach the database.
+        # per call of the Sink that will never reach the database.
         self.dropped = 0
         self._dropped_saved = 0  # how much of ``dropped`` is already added to meta
-        self._rejections: dict[_Key, _Pending] = {}
-        self._sessions: list[SessionRecord] = []
+        self._batch = _Batch()
         self._inflight = 0  # records being written by a flush right now
         self._db: Any = None  # aiosqlite.Connection
         self._task: asyncio.Task[None] | None = None
@@ -189,24 +363,78 @@ class Recorder:
         except (ValueError, OverflowError, OSError):  # a nonsensical timestamp
             self._drop(1)
             return
-        pending = self._rejections.get(key)
+        rejections = self._batch.rejections
+        pending = rejections.get(key)
         if pending is not None:
             pending.add(event)
         elif self._full():
             self._drop(1)
         else:
-            self._rejections[key] = _Pending(event)
+            rejections[key] = _Pending(event)
 
     def session(self, record: SessionRecord) -> None:
         if self._closed or self._full():
             self._drop(1)
             return
-        self._sessions.append(record)
+        self._batch.sessions.append(record)
+
+    def login(self, event: Login) -> None:
+        if self._closed:
+            self._drop(1)
+            return
+        try:
+            day = schema.local_day(event.when)
+        except (ValueError, OverflowError, OSError):
+            self._drop(1)
+            return
+        self._tally(
+            self._batch.logins,
+            (day, event.listener, event.address, event.user, int(event.ok)),
+            event.when,
+        )
+
+    def refused_request(self, event: RefusedRequest) -> None:
+        if self._closed:
+            self._drop(1)
+            return
+        try:
+            day = schema.local_day(event.when)
+        except (ValueError, OverflowError, OSError):
+            self._drop(1)
+            return
+        key = (
+            day,
+            event.listener,
+            event.address,
+            event.user or "",
+            event.command,
+            _argument(event.argument),
+        )
+        self._tally(self._batch.requests, key, event.when)
+
+    def banned(self, ban: Ban) -> None:
+        if self._closed:
+            self._drop(1)
+            return
+        bans = self._batch.bans
+        if ban.key not in bans and self._full():
+            self._drop(1)
+            return
+        _keep_latest(bans, ban)
+
+    def _tally(self, pending: dict[_T, _Tally], key: _T, when: float) -> None:
+        tally = pending.get(key)
+        if tally is not None:
+            tally.add(when)
+        elif self._full():
+            self._drop(1)
+        else:
+            pending[key] = _Tally(when)
 
     @property
     def pending(self) -> int:
-        """Records (rejection rows and sessions) waiting to be written."""
-        return len(self._rejections) + len(self._sessions) + self._inflight
+        """Records (rows of each table) waiting to be written."""
+        return len(self._batch) + self._inflight
 
     def _full(self) -> bool:
         return self.pending >= self.max_pending
@@ -253,10 +481,9 @@ class Recorder:
                 if self._db is not None:
                     await self._flush_locked()
             finally:
-                lost = sum(p.count for p in self._rejections.values()) + len(self._sessions)
+                lost = self._batch.records()
                 if lost:
-                    self._rejections.clear()
-                    self._sessions.clear()
+                    self._batch = _Batch()
                     self.dropped += lost
                     log.error("recorder: %d records could not be written at close", lost)
                 if self._db is not None:
@@ -285,7 +512,7 @@ class Recorder:
                 return
             except TimeoutError:
                 pass
-            if self._rejections or self._sessions or self.dropped != self._dropped_saved:
+            if self._batch or self.dropped != self._dropped_saved:
                 try:
                     await self.flush()
                 except Exception:  # a bug, not the database: keep the writer alive
@@ -302,15 +529,14 @@ class Recorder:
     async def _flush_locked(self) -> bool:
         if self._db is None:
             return False
-        if not (self._rejections or self._sessions or self.dropped != self._dropped_saved):
+        if not (self._batch or self.dropped != self._dropped_saved):
             return True
-        rejections, self._rejections = self._rejections, {}
-        sessions, self._sessions = self._sessions, []
-        self._inflight = len(rejections) + len(sessions)
+        batch, self._batch = self._batch, _Batch()
+        self._inflight = len(batch)
         dropped = self.dropped
         self._commit_sent = False
         try:
-            await self._write(rejections, sessions, dropped - self._dropped_saved)
+            await self._write(batch, dropped - self._dropped_saved)
         except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite connection gone
             if not self._failing:
                 self._failing = True
@@ -318,7 +544,7 @@ class Recorder:
                     "recorder: cannot write to %s (%s); keeping %d records pending, retrying",
                     self.database,
                     exc,
-                    len(rejections) + len(sessions),
+                    len(batch),
                 )
             else:
                 log.debug("recorder: write still failing: %s", exc)
@@ -328,7 +554,9 @@ class Recorder:
             if self._commit_sent:
                 self._dropped_saved = dropped
             else:
-                self._restore(rejections, sessions)
+                # Put back what the failed flush took, merging what arrived meanwhile.
+                batch.merge(self._batch)
+                self._batch = batch
         if self._failing:
             self._failing = False
             log.warning("recorder: writing to %s again", self.database)
@@ -336,21 +564,7 @@ class Recorder:
             self._overflowing = False
         return True
 
-    def _restore(self, rejections: dict[_Key, _Pending], sessions: list[SessionRecord]) -> None:
-        """Put back what a failed flush took, merging what arrived in the meantime."""
-        for key, newer in self._rejections.items():
-            older = rejections.get(key)
-            if older is None:
-                rejections[key] = newer
-            else:
-                older.merge(newer)
-        self._rejections = rejections
-        sessions.extend(self._sessions)
-        self._sessions = sessions
-
-    async def _write(
-        self, rejections: dict[_Key, _Pending], sessions: list[SessionRecord], dropped: int
-    ) -> None:
+    async def _write(self, batch: _Batch, dropped: int) -> None:
         """One transaction. Sets ``_commit_sent`` once COMMIT is on its way: if the wait for
         it is cancelled, the worker thread still runs it, so the batch counts as written."""
         db = self._db
@@ -358,10 +572,16 @@ class Recorder:
             await db.rollback()
         await db.execute("BEGIN IMMEDIATE")
         try:
-            if rejections:
-                await db.executemany(_UPSERT_REJECTION, _rejection_rows(rejections))
-            if sessions:
-                await db.executemany(_INSERT_SESSION, _session_rows(sessions))
+            if batch.rejections:
+                await db.executemany(_UPSERT_REJECTION, _rejection_rows(batch.rejections))
+            if batch.sessions:
+                await db.executemany(_INSERT_SESSION, _session_rows(batch.sessions))
+            if batch.logins:
+                await db.executemany(_UPSERT_LOGIN, _tally_rows(batch.logins))
+            if batch.requests:
+                await db.executemany(_UPSERT_REQUEST, _tally_rows(batch.requests))
+            if batch.bans:
+                await db.executemany(_UPSERT_BAN, _ban_rows(batch.bans.values()))
             if dropped > 0:
                 await db.execute(_ADD_DROPPED, (dropped,))
             self._commit_sent = True
@@ -373,9 +593,64 @@ class Recorder:
             await _rollback(db)
             raise
 
+    # -- bans: read back -------------------------------------------------------------------
+
+    async def load_bans(self, now: float | None = None) -> list[Ban]:
+        """The bans in force at ``now`` (not lifted, ``until`` later), oldest first: what the
+        daemon restores at start. Raises ``sqlite3.Error`` when the database cannot be read;
+        a row whose times cannot be read is skipped with a warning."""
+        now = time.time() if now is None else now
+        async with self._lock:
+            db = self._db
+            if db is None:
+                return []
+            if db.in_transaction:
+                await db.rollback()
+            async with db.execute(_ACTIVE_BANS, (schema.utc_text(now),)) as cur:
+                rows = await cur.fetchall()
+        bans = []
+        for key, address, listener, since, until, failures in rows:
+            try:
+                bans.append(
+                    Ban(
+                        key=key,
+                        address=address,
+                        listener=listener,
+                        since=schema.parse_utc(since),
+                        until=schema.parse_utc(until),
+                        failures=int(failures),
+                    )
+                )
+            except (TypeError, ValueError) as exc:
+                log.warning("%s: ban on %s: unreadable row skipped (%s)", self.database, key, exc)
+        return bans
+
+    async def lifted_since(self, marker: int | None) -> tuple[list[str], int]:
+        """Keys of the bans lifted by an administrator after ``marker``, and the marker to
+        pass next time. ``None`` (at start) gives no key and the current marker: lifts made
+        before it are already in what ``load_bans`` reads. One indexed query, usually
+        returning nothing. Raises ``sqlite3.Error`` when the database cannot be read."""
+        async with self._lock:
+            db = self._db
+            if db is None:
+                return [], marker or 0
+            if db.in_transaction:
+                await db.rollback()
+            if marker is None:
+                async with db.execute(_LIFT_COUNT) as cur:
+                    row = await cur.fetchone()
+                return [], int(row[0]) if row is not None else 0
+            async with db.execute(_LIFTED_SINCE, (marker,)) as cur:
+                rows = await cur.fetchall()
+        keys = [key for key, _ in rows]
+        if rows:
+            marker = max(marker, int(rows[-1][1]))
+        return keys, marker
+
     async def purge(self, now: float | None = None) -> int:
-        """Delete rows older than ``retention`` (rejections by last attempt, sessions by
-        end), then give the free pages back to the file system. Returns rows deleted."""
+        """Delete rows older than ``retention`` (rejections, logins and refused requests by
+        last attempt, sessions by end, bans by end), then give the free pages back to the
+        file system. Returns rows deleted."""
         if self._db is None:
             return 0
         now = time.time() if now is None else now
@@ -399,6 +674,9 @@ class Recorder:
                         gone = await cur.fetchall()
                     deleted += len(gone)
                     addresses.update(row[0] for row in gone)
+                for sql in _PURGES_QUIET:
+                    async with db.execute(sql, (day, text)) as cur:
+                        deleted += max(cur.rowcount, 0)
                 if addresses:
                     # Their locations, unless still referred to (GeoIP looks them up again).
                     await db.executemany(_PURGE_LOCATION, ((a,) for a in addresses))
@@ -412,3 +690,74 @@ class Recorder:
             with contextlib.suppress(sqlite3.Error):
                 await db.execute("PRAGMA optimize")  # refresh the planner's statistics
         return deleted
+
+
+# -- bans, for the command line (synchronous, short-lived connections) ---------------------
+
+
+def _ban(row: Iterable[Any]) -> Ban:
+    key, address, listener, since, until, failures = row
+    return Ban(
+        key=key,
+        address=address,
+        listener=listener,
+        since=schema.parse_utc(since),
+        until=schema.parse_utc(until),
+        failures=int(failures),
+    )
+
+
+def active_bans(database: Path, now: float | None = None) -> list[Ban]:
+    """The bans in force at ``now``, oldest first, read-only (works with the daemon
+    stopped). A database that does not exist yet has none. Raises GatekeeperError when
+    the database cannot be read."""
+    now = time.time() if now is None else now
+    if not Path(database).exists():
+        return []
+    try:
+        conn = schema.connect_readonly(Path(database))
+        try:
+            if schema.schema_version(conn) < _BANS_VERSION:
+                return []  # written by a gatekeeper that did not ban yet
+            rows = conn.execute(_ACTIVE_BANS, (schema.utc_text(now),)).fetchall()
+        finally:
+            conn.close()
+        return [_ban(row) for row in rows]
+    except (sqlite3.Error, ValueError) as exc:
+        raise GatekeeperError(f"{database}: cannot read the database: {exc}") from exc
+
+
+def lift_bans(database: Path, keys: Iterable[str], now: float | None = None) -> list[Ban]:
+    """Mark the active bans with any of ``keys`` lifted (one short write transaction);
+    returns those lifted (none: no active ban had such a key). The running daemon sees
+    the lift at its next poll (``Recorder.lifted_since``). Raises GatekeeperError when
+    the database does not exist or cannot be written."""
+    now = time.time() if now is None else now
+    path = Path(database)
+    if not path.exists():
+        raise GatekeeperError(f"{path}: no such database (has the daemon ever run?)")
+    wanted = sorted(set(keys))
+    if not wanted:
+        return []
+    sql = _LIFT.format(keys=", ".join("?" * len(wanted)))
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
+            if schema.schema_version(conn) < _BANS_VERSION:
+                return []
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (seq,) = conn.execute(_COUNT_LIFT).fetchone()
+                stamp = schema.utc_text(now)
+                rows = conn.execute(sql, (stamp, int(seq), *wanted, stamp)).fetchall()
+                conn.execute("COMMIT" if rows else "ROLLBACK")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+        return [_ban(row) for row in rows]
+    except (sqlite3.Error, ValueError) as exc:
+        raise GatekeeperError(f"{path}: cannot lift the ban: {exc}") from exc

@@ -14,6 +14,7 @@ import logging
 import math
 import sqlite3
 import time
+from datetime import datetime
 from pathlib import Path
 
 from gatekeeper.errors import GatekeeperError
@@ -104,9 +105,68 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # Automatic bans (gatekeeper.bans): one row per key, the latest ban of that key. The
+        # daemon upserts a row when it bans and reads the active ones back at start; the
+        # ``bans lift`` command sets ``lifted`` and ``lift_seq``, which the daemon polls.
+        """
+        CREATE TABLE bans (
+            key      TEXT PRIMARY KEY,              -- the address, or the IPv6 prefix
+            address  TEXT    NOT NULL,              -- whose failed logins caused it
+            listener TEXT    NOT NULL,
+            since    TEXT    NOT NULL,              -- UTC, like rejections.first
+            until    TEXT    NOT NULL,
+            failures INTEGER NOT NULL,
+            lifted   TEXT,                          -- UTC when an administrator lifted it
+            lift_seq INTEGER                        -- meta 'ban_lifts' at that lift
+        ) WITHOUT ROWID
+        """,
+        # The daemon's once-a-second "lifted since my last look": one seek, usually to
+        # nothing (a lifted ban that is banned again has both columns back to NULL).
+        "CREATE INDEX bans_lifts ON bans (lift_seq) WHERE lift_seq IS NOT NULL",
+        # Active bans (start, ``bans list``): those not lifted, by end time.
+        "CREATE INDEX bans_active ON bans (until) WHERE lifted IS NULL",
+        # FTP sign-on attempts, aggregated like rejections: one row per (local day,
+        # listener, address, user, ok). ``user`` is the name as sent, upper-cased.
+        """
+        CREATE TABLE logins (
+            day      TEXT    NOT NULL,              -- local date, YYYY-MM-DD
+            listener TEXT    NOT NULL,
+            address  TEXT    NOT NULL,
+            user     TEXT    NOT NULL,
+            ok       INTEGER NOT NULL,              -- 1: 230, 0: 530
+            first    TEXT    NOT NULL,              -- UTC
+            last     TEXT    NOT NULL,
+            attempts INTEGER NOT NULL,
+            PRIMARY KEY (day, listener, address, user, ok)
+        ) WITHOUT ROWID
+        """,
+        # FTP commands refused by the command rules (550), aggregated the same way per
+        # (local day, listener, address, user, command, argument). ``user`` is '' when
+        # none was sent; ``argument`` is cut to MAX_ARGUMENT characters.
+        """
+        CREATE TABLE requests (
+            day      TEXT    NOT NULL,
+            listener TEXT    NOT NULL,
+            address  TEXT    NOT NULL,
+            user     TEXT    NOT NULL,
+            command  TEXT    NOT NULL,
+            argument TEXT    NOT NULL,
+            first    TEXT    NOT NULL,
+            last     TEXT    NOT NULL,
+            attempts INTEGER NOT NULL,
+            PRIMARY KEY (day, listener, address, user, command, argument)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# The longest refused-request argument stored, in characters (a longer one is cut, ending
+# in "…"): enough for any CL command an administrator wants to read, and an attacker
+# sending kilobytes per RCMD cannot make the database grow by kilobytes per attempt.
+MAX_ARGUMENT = 512
 
 
 def utc_text(when: float) -> str:
@@ -114,6 +174,11 @@ def utc_text(when: float) -> str:
     millis = math.floor(when * 1000)
     seconds, millis = divmod(millis, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def parse_utc(text: str) -> float:
+    """``2026-11-20T08:01:02.123Z`` (as written by ``utc_text``) → ``time.time()``."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def local_day(when: float) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,18 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import Daemon, Upstream
+
+BIG = 6 * 1024 * 1024 + 123  # several megabytes, not a multiple of any buffer size
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """The FTP upstream's home: a big random file and a small text file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "big.bin").write_bytes(os.urandom(BIG))
+    (home / "hello.txt").write_text("hello from the IBM i\n")
+    return home
 
 
 @pytest.fixture

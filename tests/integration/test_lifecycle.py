@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.integration.harness import BANNER, Upstream, connect, read_until_closed, recv_exactly
+from tests.integration.harness import (
+    BANNER,
+    Upstream,
+    connect,
+    read_until_closed,
+    recv_exactly,
+    wait_for,
+)
 from tests.integration.test_gate import RULES, entries, listener, report, sessions
 
 
@@ -69,9 +76,13 @@ def test_signals_coalesce_and_listeners_survive(daemon, upstream: Upstream) -> N
     for _ in range(20):
         d.proc.send_signal(signal.SIGHUP)
     d.write_rules({**RULES, "deny": ["10.3.0.0/16"]})
-    d.reload()  # the last reload reads the last file
-    with connect(d.address("t"), claim="10.3.0.1") as c:
-        assert read_until_closed(c) == b""
+    d.proc.send_signal(signal.SIGHUP)
+
+    def denied() -> bool:
+        with connect(d.address("t"), claim="10.3.0.1") as c:
+            return read_until_closed(c) == b""
+
+    wait_for(denied, what="the last rule file to be in force")  # the last reload reads it
     with connect(d.address("t"), claim="10.4.0.1") as c:
         assert recv_exactly(c, len(BANNER)) == BANNER
     assert d.stop() == 0

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from gatekeeper.bans import covering_keys
 from gatekeeper.errors import GatekeeperError
-from gatekeeper.events import Outcome, Rejection, SessionRecord
+from gatekeeper.events import Ban, Login, Outcome, RefusedRequest, Rejection, SessionRecord
 from gatekeeper.rules.model import Reason
 from gatekeeper.store import schema
-from gatekeeper.store.recorder import Recorder
+from gatekeeper.store.recorder import Recorder, active_bans, lift_bans
 
 # A time zone west of UTC with DST, written POSIX-style so no tz database is needed: local
 # dates and UTC times differ in the evening, which is what these tests are about.
@@ -399,6 +400,7 @@ def test_failed_flush_merges_what_arrived_meanwhile(
         await settle(rec)
         rec.rejected(reject(when=t + 10, reason=Reason.NETWORK))
         rec.rejected(reject("192.0.2.50", when=t))
+        rec.max_pending = 10  # room again: what arrives during the failing write fits
         real = rec._db.executemany
 
         async def disk_full(sql: str, params: Any) -> Any:
@@ -559,3 +561,318 @@ def test_readonly_falls_back_to_immutable_only_with_an_empty_wal(
         writer.close()
     with pytest.raises(sqlite3.OperationalError):
         schema.connect_readonly(tmp_path / "missing.db")
+
+
+# -- FTP logins, refused requests, bans --------------------------------------------------------
+
+
+def login(
+    address: str = "192.0.2.1",
+    user: str = "ADMIN",
+    ok: bool = False,
+    when: float = 0.0,
+    listener: str = "ftp",
+) -> Login:
+    return Login(listener, address, user, ok, when or local(2026, 11, 20, 12))
+
+
+def refused(
+    command: str = "RCMD",
+    argument: str = "DLTLIB QGPL",
+    user: str | None = "PARTNER1",
+    when: float = 0.0,
+    address: str = "192.0.2.1",
+) -> RefusedRequest:
+    return RefusedRequest("ftp", address, user, command, argument, when or local(2026, 11, 20, 12))
+
+
+def ban(key: str = "192.0.2.1", since: float = 0.0, duration: float = 3600.0) -> Ban:
+    since = since or local(2026, 11, 20, 12)
+    return Ban(key, key.split("/")[0], "ftp", since, since + duration, 3)
+
+
+def test_new_sink_calls_are_plain_functions() -> None:
+    for name in ("login", "refused_request", "banned"):
+        assert not inspect.iscoroutinefunction(getattr(Recorder, name))
+
+
+def test_logins_aggregated_exactly(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    t = local(2026, 11, 20, 23, 59)  # the day changes during the run
+    hostile = "ADMIN'); DROP TABLE logins; --\x00\u202e"
+    events = [
+        login(f"198.51.100.{i % 7}", ("ADMIN", "QSECOFR", hostile)[i % 3], i % 11 == 0, t + i)
+        for i in range(1000)
+    ]
+    expected = Counter((schema.local_day(e.when), e.address, e.user, int(e.ok)) for e in events)
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        for e in events[:400]:
+            rec.login(e)
+        await rec.flush()
+        for e in events[400:]:
+            rec.login(e)
+        await rec.close()
+        assert rec.dropped == 0
+
+    run(main())
+    got = rows(db, "SELECT * FROM logins")
+    assert {(r["day"], r["address"], r["user"], r["ok"]): r["attempts"] for r in got} == expected
+    assert sum(r["attempts"] for r in got) == 1000
+    assert {r["day"] for r in got} == {"2026-11-20", "2026-11-21"}
+    spans: dict[tuple[str, str, str, int], tuple[float, float]] = {}
+    for e in events:
+        key = (schema.local_day(e.when), e.address, e.user, int(e.ok))
+        low, high = spans.get(key, (e.when, e.when))
+        spans[key] = (min(low, e.when), max(high, e.when))
+    assert {(r["day"], r["address"], r["user"], r["ok"]): (r["first"], r["last"]) for r in got} == {
+        key: (utc(low), utc(high)) for key, (low, high) in spans.items()
+    }
+
+
+def test_refused_requests_aggregated_and_argument_bounded(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    t = local(2026, 11, 20, 9)
+    long = "CALL PGM(" + "X" * 10_000 + ")"
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        for i in range(500):  # an attacker spamming RCMD: one row
+            rec.refused_request(refused(when=t + i))
+        rec.refused_request(refused("SITE", "NAMEFMT 1", user=None, when=t))
+        rec.refused_request(refused(argument=long, when=t))
+        await rec.flush()
+        rec.refused_request(refused(argument=long + "more", when=t - 5))  # the same cut text
+        await rec.close()
+
+    run(main())
+    got = rows(db, "SELECT * FROM requests ORDER BY attempts DESC, command")
+    assert [(r["user"], r["command"], r["attempts"]) for r in got] == [
+        ("PARTNER1", "RCMD", 500),
+        ("PARTNER1", "RCMD", 2),
+        ("", "SITE", 1),
+    ]
+    assert (got[0]["first"], got[0]["last"]) == (utc(t), utc(t + 499))
+    cut = got[1]["argument"]
+    assert len(cut) == schema.MAX_ARGUMENT and cut.endswith("…") and cut.startswith("CALL PGM(X")
+    assert (got[1]["first"], got[1]["last"]) == (utc(t - 5), utc(t))
+
+
+def test_bans_round_trip_through_load_bans(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    now = local(2026, 11, 20, 12)
+    v4 = Ban("192.0.2.1", "192.0.2.1", "ftp", now - 60.5, now + 3540.25, 3)
+    v6 = Ban("2001:db8:1:2::/64", "2001:db8:1:2::9", "ftp", now - 30, now + 30, 5)
+    expired = Ban("192.0.2.2", "192.0.2.2", "telnet", now - 7200, now - 3600, 3)
+
+    async def first_run() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        for b in (v4, v6, expired):
+            rec.banned(b)
+        await rec.close()
+
+    async def second_run() -> list[Ban]:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        try:
+            return await rec.load_bans(now)
+        finally:
+            await rec.close()
+
+    run(first_run())
+    assert run(second_run()) == [v4, v6]  # oldest first; times to the millisecond
+    assert len(rows(db, "SELECT * FROM bans")) == 3
+    assert active_bans(db, now) == [v4, v6]  # the command line's read-only view agrees
+    assert active_bans(db, now + 31) == [v4]
+
+
+def test_a_new_ban_replaces_the_row_and_clears_an_older_lift(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    now = local(2026, 11, 20, 12)
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        rec.banned(ban("192.0.2.1", now - 100))
+        await rec.flush()
+        assert [b.key for b in lift_bans(db, ["192.0.2.1"], now - 50)] == ["192.0.2.1"]
+        assert await rec.load_bans(now) == []
+        rec.banned(ban("192.0.2.1", now - 10))  # banned again after the lift
+        await rec.flush()
+        assert [b.since for b in await rec.load_bans(now)] == [now - 10]
+        # A lift made while a newer ban waited to be written stays (the daemon applies it).
+        rec.banned(ban("192.0.2.1", now - 2))
+        assert [b.key for b in lift_bans(db, ["192.0.2.1"], now - 1)] == ["192.0.2.1"]
+        await rec.flush()
+        assert await rec.load_bans(now) == []
+        await rec.close()
+
+    run(main())
+    (row,) = rows(db, "SELECT * FROM bans")
+    assert (row["since"], row["lifted"], row["lift_seq"]) == (utc(now - 2), utc(now - 1), 2)
+
+
+def test_lifted_since_sees_a_lift_made_by_another_connection(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    now = time.time()
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        await settle(rec)
+        assert await rec.lifted_since(None) == ([], 0)
+        rec.banned(ban("192.0.2.1", now))
+        rec.banned(ban("2001:db8:1:2::/64", now))
+        rec.banned(ban("198.51.100.1", now))
+        await rec.flush()
+        _, marker = await rec.lifted_since(None)
+        assert await rec.lifted_since(marker) == ([], marker)
+
+        # The command line, from its own connection: an address inside the /64.
+        lifted = lift_bans(db, covering_keys("2001:db8:1:2::abcd"))
+        assert [b.key for b in lifted] == ["2001:db8:1:2::/64"]
+        assert lift_bans(db, covering_keys("2001:db8:1:2::abcd")) == []  # already lifted
+        assert lift_bans(db, ["203.0.113.1"]) == []  # nothing to lift: nothing counted
+        keys, marker = await rec.lifted_since(marker)
+        assert keys == ["2001:db8:1:2::/64"]
+        assert await rec.lifted_since(marker) == ([], marker)
+
+        lift_bans(db, ["192.0.2.1"])
+        lift_bans(db, ["198.51.100.1"])
+        keys, marker = await rec.lifted_since(marker)
+        assert keys == ["192.0.2.1", "198.51.100.1"]
+        assert marker == 3
+        assert [b.key for b in await rec.load_bans(now)] == []
+        await rec.close()
+
+    run(main())
+    conn = sqlite3.connect(db)
+    try:
+        plan = " ".join(
+            str(r[-1])
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT key, lift_seq FROM bans WHERE lift_seq > ? "
+                "ORDER BY lift_seq",
+                (0,),
+            )
+        )
+    finally:
+        conn.close()
+    assert plan.startswith("SEARCH") and "bans_lifts" in plan  # one seek, not a scan
+
+
+def test_lift_helpers_without_a_database(tmp_path: Path) -> None:
+    missing = tmp_path / "none" / "gk.db"
+    assert active_bans(missing) == []
+    with pytest.raises(GatekeeperError, match="no such database"):
+        lift_bans(missing, ["192.0.2.1"])
+    assert not missing.parent.exists()  # neither created the folder nor the file
+
+
+def test_new_events_overflow_and_failures_are_counted_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "gk.db"
+    t = local(2026, 11, 20, 9)
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600, max_pending=3)
+        await rec.start()
+        await settle(rec)
+        rec.login(login(when=t))
+        rec.refused_request(refused(when=t))
+        rec.banned(ban("192.0.2.1", t))
+        rec.login(login(when=t + 1))  # an existing row: fits
+        rec.banned(ban("192.0.2.1", t + 5))  # the same key: replaces, fits
+        rec.login(login(user="OTHER", when=t))  # full
+        rec.refused_request(refused("SITE", when=t))  # full
+        rec.banned(ban("192.0.2.2", t))  # full
+        assert (rec.pending, rec.dropped) == (3, 3)
+
+        rec.max_pending = 10  # room again: what arrives during the failing write fits
+        real = rec._db.executemany
+
+        async def disk_full(sql: str, params: Any) -> Any:
+            rec.login(login(when=t + 2))  # arrives during the failing write
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(rec._db, "executemany", disk_full)
+        await rec.flush()
+        assert (rec.pending, rec.dropped) == (3, 3)
+        monkeypatch.setattr(rec._db, "executemany", real)
+        await rec.close()
+        assert rec.dropped == 3
+
+    run(main())
+    assert [r["attempts"] for r in rows(db, "SELECT * FROM logins")] == [3]
+    assert [r["attempts"] for r in rows(db, "SELECT * FROM requests")] == [1]
+    assert [(r["key"], r["since"]) for r in rows(db, "SELECT * FROM bans")] == [
+        ("192.0.2.1", utc(t + 5))
+    ]
+    assert rows(db, "SELECT value FROM meta WHERE key = 'dropped'") == [{"value": 3}]
+
+
+def test_new_events_after_close_are_dropped(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+
+    async def main() -> Recorder:
+        rec = Recorder(db)
+        await rec.start()
+        await rec.close()
+        return rec
+
+    rec = run(main())
+    rec.login(login())
+    rec.refused_request(refused())
+    rec.banned(ban())
+    assert rec.dropped == 3
+
+
+def test_retention_purges_logins_requests_and_old_bans(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    now = local(2026, 11, 20, 12)
+    old = now - 401 * 86400.0
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        await settle(rec)
+        for when in (old, now):
+            rec.login(login(when=when))
+            rec.refused_request(refused(when=when))
+        rec.banned(ban("192.0.2.1", old))
+        rec.banned(ban("192.0.2.2", now))
+        await rec.flush()
+        assert await rec.purge(now) == 3
+        await rec.close()
+
+    run(main())
+    assert len(rows(db, "SELECT * FROM logins")) == 1
+    assert len(rows(db, "SELECT * FROM requests")) == 1
+    assert [r["key"] for r in rows(db, "SELECT * FROM bans")] == ["192.0.2.2"]
+
+
+def test_migration_from_version_1_keeps_the_data(tmp_path: Path) -> None:
+    db = tmp_path / "gk.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for statement in schema.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO rejections VALUES ('2026-11-20', 'ftp', '192.0.2.1', 0, "
+            "'2026-11-20T08:00:00.000Z', '2026-11-20T08:00:00.000Z', 4, 'default', NULL, NULL)"
+        )
+        assert active_bans(db) == []  # an older database: no bans, no error
+        assert lift_bans(db, ["192.0.2.1"]) == []
+        assert schema.apply_schema(conn) == 1
+        assert schema.schema_version(conn) == schema.SCHEMA_VERSION == 2
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"bans", "logins", "requests"} <= tables
+    finally:
+        conn.close()
+    assert rows(db)[0]["attempts"] == 4

@@ -1,0 +1,1 @@
+"""FTP inspection: sans-IO codec, control-channel inspector, data connections."""
