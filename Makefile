@@ -6,7 +6,10 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/gatekeeper.yaml
 
-.PHONY: run test check lint typecheck clean
+# Programs the tests drive as real peers, installed from Debian's packages when missing.
+SYSTEM_TOOLS ?= curl
+
+.PHONY: run test check lint typecheck system-deps clean
 
 $(BIN)/gatekeeper: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +32,18 @@ lint: $(BIN)/gatekeeper
 typecheck: $(BIN)/gatekeeper
 	$(BIN)/mypy
 
+## Install the system programs the tests use (skipped when already present).
+system-deps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
 ## Everything CI runs.
-test: $(BIN)/gatekeeper lint typecheck
+test: $(BIN)/gatekeeper system-deps lint typecheck
 	$(BIN)/gatekeeper check -c $(CONFIG)
 	$(BIN)/pytest -q
 
