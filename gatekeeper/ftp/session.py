@@ -462,6 +462,8 @@ class FtpSession:
             )
             return R425
         relay = self.relay
+        if self.data is not None:
+            self.data.close()  # a new PASV replaces the one before: its port goes back first
         sock = self.listener.ports.open(relay.client_local)
         if sock is None:
             log.warning("%s: passive port range of %s exhausted", self.address, self.listener.name)

@@ -264,3 +264,33 @@ def test_auth_tls_refused(gate: Daemon) -> None:
     ftp.login(USER, PASSWORD)  # the session goes on in plain
     ftp.quit()
     assert gate.stop() == 0
+
+
+def test_new_pasv_replaces_the_previous_port(daemon, ftp_upstream: FtpUpstream) -> None:
+    port = free_port()
+    d = daemon({"listeners": [ftp_listener(ftp_upstream, passive_ports=f"{port}-{port}")]}, RULES)
+    d.start()
+    ftp = client(d)
+    ftp.login(USER, PASSWORD)
+    for _ in range(3):  # one port in the range: each PASV must free the one before
+        assert ftplib.parse227(ftp.sendcmd("PASV"))[1] == port
+    assert ftp.nlst()  # and a transfer after it works
+    ftp.quit()
+    assert d.stop() == 0
+
+
+def test_foreign_data_connection_allowed_by_opt_in(
+    daemon, ftp_upstream: FtpUpstream, root: Path
+) -> None:
+    d = daemon({"listeners": [ftp_listener(ftp_upstream, allow_foreign_data=True)]}, RULES).start()
+    ftp = client(d)
+    ftp.login(USER, PASSWORD)
+    ftp.voidcmd("TYPE I")
+    host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+    # A client behind a NAT pool: its data connection comes from another address.
+    with socket.create_connection((host, port), source_address=("127.0.0.2", 0)) as data:
+        ftp.sendcmd("RETR hello.txt")
+        assert read_until_closed(data) == (root / "hello.txt").read_bytes()
+    assert ftp.voidresp().startswith("226")
+    ftp.quit()
+    assert d.stop() == 0
