@@ -258,7 +258,14 @@ class DataChannel:
         self._serve = self.loop.create_task(self._start_server())
 
     async def _start_server(self) -> None:
-        self.server = await self.loop.create_server(self._protocol, sock=self.sock)
+        # A passive port that must speak TLS to the client does so from the accept on: the
+        # client may send its ClientHello at once, and (under uvloop) bytes can reach a
+        # plain protocol before a later start_tls() could take them.
+        tls = self.client_tls if self.client_side else None
+        self.server = await self.loop.create_server(
+            self._protocol, sock=self.sock, ssl=tls,
+            ssl_handshake_timeout=ACCEPT_TIMEOUT if tls is not None else None,
+        )  # fmt: skip
 
     def _protocol(self) -> asyncio.Protocol:
         return _Accepted(self)
@@ -272,7 +279,7 @@ class DataChannel:
         """A connection arrived on the listening socket."""
         assert side.transport is not None
         peer = sockaddr_host(side.transport.get_extra_info("peername"))
-        if self.client_side and self.owner.proxy_trusted(peer):
+        if self.client_side and self.client_tls is None and self.owner.proxy_trusted(peer):
             # From our PROXY sender: its header says who the client is (like with like).
             side.proxy = ProxyParser()
             side.peer = peer
@@ -309,17 +316,21 @@ class DataChannel:
         host, port = self.target
         try:
             async with asyncio.timeout(self.owner.connect_timeout):
-                await self.loop.create_connection(lambda: outgoing, host, port)
-                handshakes = []
-                if self.client_tls is not None:
-                    handshakes.append(self._wrap(client, self.client_tls, server_side=True))
-                if self.upstream_tls is not None:
-                    handshakes.append(self._wrap(upstream, self.upstream_tls, server_side=False))
-                await asyncio.gather(*handshakes)
+                if (
+                    self.client_side
+                ):  # passive: the client is in (TLS done at accept), now the upstream
+                    await self.loop.create_connection(
+                        lambda: outgoing, host, port, ssl=self.upstream_tls,
+                        server_hostname=self.upstream_hostname if self.upstream_tls else None,
+                    )  # fmt: skip
+                else:  # active: the upstream is in, now the client
+                    if self.upstream_tls is not None:  # the upstream waits for our hello
+                        await self._wrap(upstream, self.upstream_tls)
+                    await self._connect_client(outgoing, host, port)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.warning(
                 "%s: data connection to %s:%d failed: %s",
-                self.owner.address, host, port, exc or "timed out",
+                self.owner.address, host, port, str(exc) or type(exc).__name__,
             )  # fmt: skip
             self._cut(accepted, outgoing)
             self.splice = None
@@ -341,12 +352,27 @@ class DataChannel:
             if side.transport is not None:
                 side.transport.abort()
 
-    async def _wrap(self, side: _Side, context: ssl.SSLContext, *, server_side: bool) -> None:
-        """Upgrade a data connection to TLS (PROT P)."""
+    async def _connect_client(self, side: _Side, host: str, port: int) -> None:
+        """Active mode: connect to the client; with PROT P be its TLS server from the first
+        byte (the client sends its hello at once, before a start_tls() could take over)."""
+        if self.client_tls is None:
+            await self.loop.create_connection(lambda: side, host, port)
+            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await self.loop.sock_connect(sock, (host, port))
+            await self.loop.connect_accepted_socket(lambda: side, sock, ssl=self.client_tls)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _wrap(self, side: _Side, context: ssl.SSLContext) -> None:
+        """Become the TLS client on a data connection the upstream opened (active, PROT P)."""
         assert side.transport is not None
-        hostname = None if server_side else self.upstream_hostname
         transport = await self.loop.start_tls(
-            side.transport, side, context, server_side=server_side, server_hostname=hostname
+            side.transport, side, context, server_hostname=self.upstream_hostname
         )
         assert transport is not None
         side.transport = transport

@@ -298,6 +298,9 @@ class FtpSession:
         if cmd.argument.strip().upper() not in ("TLS", "SSL", "TLS-C"):
             self._local(format_reply(504, "AUTH mechanism not supported; use AUTH TLS."))
             return
+        # The client's TLS hello follows our 234 at once: stop reading until start_tls owns
+        # the connection, or the hello could reach the FTP parser instead.
+        self.relay.client.pause_reading()
         self.relay.send_client(format_reply(234, "AUTH TLS successful."))
 
         def client_ready() -> None:

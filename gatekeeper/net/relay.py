@@ -369,8 +369,11 @@ class _Upstream(asyncio.Protocol):
         self.relay.upstream_data(data)
 
     def eof_received(self) -> bool:
-        self.relay.upstream_eof_received()
-        return True  # keep our write side open: half-close
+        relay = self.relay
+        relay.upstream_eof_received()
+        # Keep our write side open (half-close); over TLS that cannot be.
+        upstream = relay.upstream
+        return upstream is None or upstream.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay._side_lost(exc)
