@@ -10,6 +10,14 @@ everything pending and is retried on the next tick; only what does not fit in
 
 Bans go both ways: the daemon reads the active ones back at start (``load_bans``) and
 learns once a second which ones an administrator lifted (``lifted_since``).
+
+Locations: with a GeoIP locator, each flush looks up the rejected addresses it has not
+located yet (in a worker thread, never on the accept path) and writes their
+``locations`` row in the same transaction: NULL fields when the database does not know
+the address, so it is not looked up again. ``meta`` 'geoip_epoch' names the database the
+rows come from; when another database is opened (a reload after an update), every
+address is located again, a chunk per flush, and rows not yet redone keep the old answer
+meanwhile. Addresses rejected while no database could be read get their rows later.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
@@ -30,9 +38,19 @@ from gatekeeper.errors import GatekeeperError
 from gatekeeper.events import Ban, Login, RefusedRequest, Rejection, SessionRecord
 from gatekeeper.store import schema
 
+if TYPE_CHECKING:
+    from gatekeeper.geo import GeoLocator
+
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL = 3600.0  # seconds between two retention purges (and one at start)
+# Addresses of earlier rejections located per flush (after a GeoIP database update, or
+# when it could not be read before): a lookup costs ~20 us, so a chunk is ~0.1 s of a
+# worker thread each second, and 100,000 addresses are done in 20 flushes.
+LOCATE_CHUNK = 5000
+# Located addresses remembered so that a flood's addresses are looked up once; past this
+# the memory is cleared (an address looked up again only writes the same row again).
+LOCATED_MEMORY = 200_000
 # How many days the local date of a row may differ from the UTC date of its times when
 # the daemon's time zone changed between runs (UTC-12 .. UTC+14 spans 26 hours).
 _DAY_SLACK = 2 * 86400.0
@@ -131,6 +149,35 @@ _PURGE_LOCATION = """
 DELETE FROM locations WHERE address = ?1
     AND NOT EXISTS (SELECT 1 FROM rejections WHERE address = ?1)
     AND NOT EXISTS (SELECT 1 FROM sessions WHERE address = ?1)
+"""
+
+_UPSERT_LOCATION = """
+INSERT INTO locations (address, country, country_name, region, city, latitude, longitude)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (address) DO UPDATE SET
+    country = excluded.country,
+    country_name = excluded.country_name,
+    region = excluded.region,
+    city = excluded.city,
+    latitude = excluded.latitude,
+    longitude = excluded.longitude
+"""
+
+_GEOIP_EPOCH = "SELECT value FROM meta WHERE key = 'geoip_epoch'"
+_SET_GEOIP_EPOCH = """
+INSERT INTO meta (key, value) VALUES ('geoip_epoch', ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+
+# Earlier rejected addresses after ``?1``, in order (the rejections_address index), all of
+# them (the database changed) or those without a location row.
+_ADDRESSES_AFTER = """
+SELECT DISTINCT address FROM rejections WHERE address > ?1 ORDER BY address LIMIT ?2
+"""
+_UNLOCATED_AFTER = """
+SELECT DISTINCT address FROM rejections AS r
+WHERE address > ?1 AND NOT EXISTS (SELECT 1 FROM locations AS l WHERE l.address = r.address)
+ORDER BY address LIMIT ?2
 """
 
 _ADD_DROPPED = """
@@ -322,6 +369,46 @@ def _ban_rows(bans: Iterable[Ban]) -> Iterator[tuple[Any, ...]]:
         )
 
 
+@dataclass(slots=True)
+class _Walk:
+    """Earlier rejected addresses being located, a chunk per flush, in address order."""
+
+    every: bool  # all of them (another database), or only those without a location row
+    after: str = ""  # the addresses up to this one are done
+
+
+@dataclass(frozen=True, slots=True)
+class _Places:
+    """Location rows to write with a batch, and what writing them completes."""
+
+    epoch: str  # of the locator that made the rows
+    rows: list[tuple[Any, ...]]
+    addresses: list[str]  # the addresses of ``rows``
+    stored: str  # 'geoip_epoch' to keep in meta: "" while some rows are of another database
+    walking: bool  # the rows include a chunk of the walk
+    walked: str | None  # the chunk's last address; None: the walk is done
+
+
+def _location_rows(locator: GeoLocator, addresses: Iterable[str]) -> list[tuple[Any, ...]]:
+    """Look the addresses up (a worker thread runs this): a row each, NULL for unknown."""
+    rows: list[tuple[Any, ...]] = []
+    for address in addresses:
+        found = locator.locate(address)
+        if found is None:
+            rows.append((address, None, None, None, None, None, None))
+        else:
+            rows.append((
+                address,
+                found.country,
+                found.country_name if found.country is not None else None,
+                found.region or None,
+                found.city or None,
+                found.latitude,
+                found.longitude,
+            ))  # fmt: skip
+    return rows
+
+
 class Recorder:
     """Implements ``events.Sink``. ``start()`` it inside the event loop, ``close()`` at stop."""
 
@@ -332,8 +419,16 @@ class Recorder:
         flush_interval: float = 1.0,
         retention: float = 400 * 86400,
         max_pending: int = 200_000,
+        locator: GeoLocator | None = None,
     ) -> None:
         self.database = Path(database)
+        # Locates rejected addresses when it has a database open; the daemon replaces it at
+        # reload. None: the locations table is left alone.
+        self.locator = locator
+        self._geo_epoch: str | None = None  # meta 'geoip_epoch'; None: not read yet
+        self._located: set[str] = set()  # addresses whose row is of ``_located_epoch``
+        self._located_epoch: str | None = None
+        self._walk: _Walk | None = None
         self.flush_interval = flush_interval
         self.retention = retention
         self.max_pending = max_pending
@@ -512,7 +607,7 @@ class Recorder:
                 return
             except TimeoutError:
                 pass
-            if self._batch or self.dropped != self._dropped_saved:
+            if self._batch or self.dropped != self._dropped_saved or self._geo_due():
                 try:
                     await self.flush()
                 except Exception:  # a bug, not the database: keep the writer alive
@@ -529,14 +624,16 @@ class Recorder:
     async def _flush_locked(self) -> bool:
         if self._db is None:
             return False
-        if not (self._batch or self.dropped != self._dropped_saved):
+        if not (self._batch or self.dropped != self._dropped_saved or self._geo_due()):
             return True
         batch, self._batch = self._batch, _Batch()
         self._inflight = len(batch)
         dropped = self.dropped
         self._commit_sent = False
+        places = None
         try:
-            await self._write(batch, dropped - self._dropped_saved)
+            places = await self._places(batch)
+            await self._write(batch, dropped - self._dropped_saved, places)
         except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite connection gone
             if not self._failing:
                 self._failing = True
@@ -557,6 +654,8 @@ class Recorder:
                 # Put back what the failed flush took, merging what arrived meanwhile.
                 batch.merge(self._batch)
                 self._batch = batch
+        if places is not None:
+            self._placed(places)
         if self._failing:
             self._failing = False
             log.warning("recorder: writing to %s again", self.database)
@@ -564,7 +663,7 @@ class Recorder:
             self._overflowing = False
         return True
 
-    async def _write(self, batch: _Batch, dropped: int) -> None:
+    async def _write(self, batch: _Batch, dropped: int, places: _Places | None = None) -> None:
         """One transaction. Sets ``_commit_sent`` once COMMIT is on its way: if the wait for
         it is cancelled, the worker thread still runs it, so the batch counts as written."""
         db = self._db
@@ -582,6 +681,11 @@ class Recorder:
                 await db.executemany(_UPSERT_REQUEST, _tally_rows(batch.requests))
             if batch.bans:
                 await db.executemany(_UPSERT_BAN, _ban_rows(batch.bans.values()))
+            if places is not None:
+                if places.rows:
+                    await db.executemany(_UPSERT_LOCATION, places.rows)
+                if places.stored != self._geo_epoch:
+                    await db.execute(_SET_GEOIP_EPOCH, (places.stored,))
             if dropped > 0:
                 await db.execute(_ADD_DROPPED, (dropped,))
             self._commit_sent = True
@@ -592,6 +696,72 @@ class Recorder:
             self._commit_sent = False
             await _rollback(db)
             raise
+
+    # -- locations -------------------------------------------------------------------------
+
+    def _geo_due(self) -> bool:
+        """Is there locating to do without a new rejection (a walk, another database)?"""
+        locator = self.locator
+        if locator is None or not locator.available:
+            return False
+        return self._walk is not None or self._located_epoch != locator.epoch
+
+    async def _places(self, batch: _Batch) -> _Places | None:
+        """Look up the batch's addresses not located yet, and the walk's next chunk, in a
+        worker thread. None: nothing to write. Raises ``sqlite3.Error`` if the database
+        cannot be read (the flush fails and is retried)."""
+        locator = self.locator
+        if locator is None or not locator.available:
+            return None
+        epoch = locator.epoch
+        db = self._db
+        if self._geo_epoch is None:
+            async with db.execute(_GEOIP_EPOCH) as cur:
+                row = await cur.fetchone()
+            self._geo_epoch = str(row[0]) if row is not None and row[0] is not None else ""
+        if self._located_epoch != epoch:
+            # Another database (or the first): rows of an older one are redone, and
+            # addresses rejected while none could be read get theirs.
+            if self._located_epoch is not None or self._geo_epoch != epoch:
+                log.info("recorder: locating rejected addresses with %s", locator.describe())
+            self._located_epoch = epoch
+            self._located = set()
+            self._walk = _Walk(every=self._geo_epoch != epoch)
+        located = self._located
+        wanted = {key[2] for key in batch.rejections if key[2] not in located}
+        walk = self._walk
+        walked: str | None = None
+        if walk is not None:
+            sql = _ADDRESSES_AFTER if walk.every else _UNLOCATED_AFTER
+            async with db.execute(sql, (walk.after, LOCATE_CHUNK)) as cur:
+                chunk = [str(row[0]) for row in await cur.fetchall()]
+            wanted.update(chunk)
+            walked = chunk[-1] if len(chunk) == LOCATE_CHUNK else None
+        if not wanted and walk is None:
+            return None
+        addresses = sorted(wanted)
+        try:
+            rows = await asyncio.to_thread(_location_rows, locator, addresses)
+        except Exception:  # a bug, not the database: write the rejections anyway
+            log.exception("recorder: locating %d addresses failed", len(addresses))
+            return None
+        partial = walk is not None and walk.every and walked is not None
+        return _Places(epoch, rows, addresses, "" if partial else epoch, walk is not None, walked)
+
+    def _placed(self, places: _Places) -> None:
+        """``places`` is written: remember its addresses, move the walk on."""
+        self._geo_epoch = places.stored
+        if places.epoch != self._located_epoch:
+            return  # the locator changed meanwhile: its walk starts over anyway
+        if len(self._located) + len(places.addresses) > LOCATED_MEMORY:
+            self._located = set()
+        self._located.update(places.addresses)
+        walk = self._walk
+        if places.walking and walk is not None:
+            if places.walked is None:
+                self._walk = None
+            else:
+                walk.after = places.walked
 
     # -- bans: read back -------------------------------------------------------------------
 
@@ -681,6 +851,7 @@ class Recorder:
                     # Their locations, unless still referred to (GeoIP looks them up again).
                     await db.executemany(_PURGE_LOCATION, ((a,) for a in addresses))
                 await db.execute("COMMIT")
+                self._located.difference_update(addresses)
             except BaseException:
                 await _rollback(db)
                 raise
