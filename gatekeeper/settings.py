@@ -5,7 +5,10 @@ Standard library only, so ``net/`` and ``rules/`` can use these without pydantic
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -98,6 +101,65 @@ class GeoipSettings:
     asn: Path | None = None
 
 
+PASSWORD_SCHEME = "pbkdf2_sha256"
+PASSWORD_DIGEST_SIZE = 32  # bytes of a PBKDF2-HMAC-SHA256 key
+MAX_PASSWORD_ITERATIONS = 10_000_000  # more makes every login of the web pages take seconds
+_SALT = re.compile(r"[A-Za-z0-9./+=_-]{8,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordHash:
+    """``pbkdf2_sha256$ITERATIONS$SALT$HASH``: the salt is used as written (UTF-8), the hash
+    is the base64 of the 32-byte derived key (the format Django writes)."""
+
+    iterations: int
+    salt: str
+    digest: bytes
+
+    def __str__(self) -> str:
+        encoded = base64.b64encode(self.digest).decode("ascii")
+        return f"{PASSWORD_SCHEME}${self.iterations}${self.salt}${encoded}"
+
+
+def parse_password_hash(text: str) -> PasswordHash:
+    """Check and split a password hash line; ValueError says what to write instead."""
+    hint = "write the line that 'gatekeeper web --hash-password' prints"
+    parts = text.strip().split("$")
+    if len(parts) != 4 or parts[0] != PASSWORD_SCHEME:
+        raise ValueError(
+            f"bad password_hash: expected {PASSWORD_SCHEME}$ITERATIONS$SALT$HASH; {hint}"
+        )
+    _, iterations, salt, encoded = parts
+    if not (iterations.isascii() and iterations.isdigit() and not iterations.startswith("0")):
+        raise ValueError(f"bad password_hash: iterations {iterations!r} is not a number; {hint}")
+    if not 1 <= int(iterations) <= MAX_PASSWORD_ITERATIONS:
+        raise ValueError(
+            f"bad password_hash: iterations must be 1 to {MAX_PASSWORD_ITERATIONS}; {hint}"
+        )
+    if not _SALT.fullmatch(salt):
+        raise ValueError(
+            f"bad password_hash: the salt must be 8 to 128 letters, digits or ./+=_-; {hint}"
+        )
+    try:
+        digest = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"bad password_hash: the hash is not base64; {hint}") from None
+    if len(digest) != PASSWORD_DIGEST_SIZE:
+        raise ValueError(
+            f"bad password_hash: the hash is {len(digest)} bytes, not {PASSWORD_DIGEST_SIZE}; "
+            f"{hint}"
+        )
+    return PasswordHash(int(iterations), salt, digest)
+
+
+@dataclass(frozen=True, slots=True)
+class WebAuth:
+    """HTTP Basic credentials the report pages require (``web: {user, password_hash}``)."""
+
+    user: str
+    password_hash: PasswordHash
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The whole daemon configuration, validated."""
@@ -108,6 +170,7 @@ class Settings:
     listeners: tuple[ListenerSettings, ...]
     geoip: GeoipSettings | None = None
     web_listen: HostPort = HostPort("127.0.0.1", 8020)
+    web_auth: WebAuth | None = None  # None: no login (only allowed on a loopback address)
     timeouts: Timeouts = field(default_factory=Timeouts)
     retention: float = 400 * 86400.0
     mode: Mode = Mode.ENFORCE

@@ -1,4 +1,4 @@
-"""The rejection report as JSON, CSV and plain text.
+"""The rejection report as JSON, CSV and plain text; the trend report as JSON and text.
 
 JSON shows times in UTC with ``Z``; text and CSV in local time. Strings an attacker
 controls (user names) are made harmless: control characters never reach a terminal, and
@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from gatekeeper.report.query import Entry, Location, Report
+from gatekeeper.report.stats import Stats, day_ranges
 
 DEFAULT_LETTERS = {"ftp": "F", "telnet": "T"}
 _BAR_WIDTH = 25  # characters of a 100 % bar in the countries table
@@ -248,6 +249,68 @@ def render_text(report: Report, letters: dict[str, str] | None = None) -> str:
             for rank, c in enumerate(report.countries, 1)
         ]
         out.extend(_table(("Rank", "Country", "Addresses", "Percent", ""), rows, {0, 2, 3}))
+    else:
+        out.append("None.")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# -- the trend report (stats) -------------------------------------------------------------
+
+
+def render_stats_json(stats: Stats) -> str:
+    """One JSON object with exactly PRODUCT.md's ``stats`` keys, newline-terminated."""
+    return json.dumps(stats.to_dict(), indent=2) + "\n"
+
+
+def _stats_range(stats: Stats) -> str:
+    if stats.first_day is None:
+        return "no record yet"
+    since = stats.since or stats.first_day
+    until = stats.until or f"{stats.last_day} (today)"
+    return f"{since} to {until}"
+
+
+def quiet_text(stats: Stats) -> str:
+    """Quiet days as runs: ``2026-11-19, 2026-11-21 to 2026-11-23``."""
+    return ", ".join(a if a == b else f"{a} to {b}" for a, b in day_ranges(stats.quiet_days))
+
+
+def render_stats_text(stats: Stats) -> str:
+    """The trend report as plain text: per day and listener, quiet days, top lists."""
+    total = stats.accepted + stats.rejected
+    share = f" ({100.0 * stats.rejected / total:.1f}% rejected)" if total else ""
+    out: list[str] = [
+        "Connections per day - trend",
+        f"Range: {_stats_range(stats)}",
+        f"Accepted: {stats.accepted}    Rejected: {stats.rejected}{share}",
+        "",
+        "DAYS",
+    ]
+    if stats.days:
+        header = ("Date", "Listener", "Accepted", "Rejected", "Files sent", "Files received")
+        rows = [
+            [d.date, d.listener, d.accepted, d.rejected, d.files_sent, d.files_received]
+            for d in stats.days
+        ]
+        out.extend(_table(header, rows, {2, 3, 4, 5}))
+    else:
+        out.append("No connection in this range.")
+    out.append("")
+    out.append(f"QUIET DAYS (no rejection): {len(stats.quiet_days)}")
+    if stats.quiet_days:
+        out.append(quiet_text(stats))
+    out.append("")
+    out.append("MOST PERSISTENT ADDRESSES")
+    if stats.top_addresses:
+        rows = [[i, a.address, a.attempts] for i, a in enumerate(stats.top_addresses, 1)]
+        out.extend(_table(("Rank", "Address", "Attempts"), rows, {0, 2}))
+    else:
+        out.append("None.")
+    out.append("")
+    out.append("USER NAMES TRIED MOST")
+    if stats.top_users:
+        rows = [[i, u.user, u.attempts] for i, u in enumerate(stats.top_users, 1)]
+        out.extend(_table(("Rank", "User", "Attempts"), rows, {0, 2}))
     else:
         out.append("None.")
     return "\n".join(out).rstrip("\n") + "\n"
