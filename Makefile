@@ -7,9 +7,9 @@ BIN     = $(VENV)/bin
 CONFIG ?= config/gatekeeper.yaml
 
 # Programs the tests drive as real peers, installed from Debian's packages when missing.
-SYSTEM_TOOLS ?= curl
+SYSTEM_TOOLS ?= curl chromium
 
-.PHONY: run test check lint typecheck system-deps clean
+.PHONY: run test check lint typecheck system-deps systemd-analyze install clean
 
 $(BIN)/gatekeeper: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,9 +43,34 @@ system-deps:
 	fi
 
 ## Everything CI runs.
-test: $(BIN)/gatekeeper system-deps lint typecheck
+test: $(BIN)/gatekeeper system-deps systemd-analyze lint typecheck
 	$(BIN)/gatekeeper check -c $(CONFIG)
 	$(BIN)/pytest -q
+
+## systemd-analyze, for the tests of the units in systemd/ (verify, security): Debian's
+## systemd package, installed only when the program is missing (nothing is started).
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  echo "installing: systemd (for systemd-analyze)"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends systemd; }
+
+# -- install on a Linux host (README, "Install"); scripts/install.sh does the work --------
+PREFIX         ?= /opt/gatekeeper
+DESTDIR        ?=
+CONFDIR        ?= /etc/gatekeeper
+UNITDIR        ?= /etc/systemd/system
+SYSUSERSDIR    ?= /etc/sysusers.d
+INSTALL_PYTHON ?=
+SYSTEM_SETUP   ?=
+
+## A virtualenv in $(DESTDIR)$(PREFIX) with gatekeeper installed (not editable), the units,
+## and an example $(CONFDIR) that never replaces an existing file.
+install:
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' CONFDIR='$(CONFDIR)' UNITDIR='$(UNITDIR)' \
+	SYSUSERSDIR='$(SYSUSERSDIR)' INSTALL_PYTHON='$(INSTALL_PYTHON)' SYSTEM_SETUP='$(SYSTEM_SETUP)' \
+	  sh scripts/install.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

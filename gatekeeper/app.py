@@ -18,6 +18,7 @@ from pathlib import Path
 from gatekeeper import __version__, config, systemd
 from gatekeeper.bans import BanList
 from gatekeeper.errors import ConfigError, GatekeeperError
+from gatekeeper.geo import GeoLocator
 from gatekeeper.net.listener import Listener
 from gatekeeper.rules.engine import RuleSet
 from gatekeeper.settings import ListenerSettings, Mode, Settings
@@ -30,10 +31,14 @@ log = logging.getLogger(__name__)
 BAN_POLL_INTERVAL = 1.0
 
 
-def _load(path: Path) -> tuple[Settings, RuleSet]:
+def _load(path: Path, locator: GeoLocator | None = None) -> tuple[Settings, RuleSet, GeoLocator]:
+    """Config, rules and GeoIP databases. ``locator`` (at reload) is kept if its files are
+    unchanged; a database that cannot be used is a warning, never an error: the daemon
+    runs with locations unknown and country rules matching nothing."""
     settings, spec = config.load(path)
     settings = _apply_global_mode(settings)
-    return settings, RuleSet.build(spec)
+    locator = GeoLocator.open(settings.geoip, previous=locator)
+    return settings, RuleSet.build(spec, country_of=locator.country), locator
 
 
 def _apply_global_mode(settings: Settings) -> Settings:
@@ -49,10 +54,12 @@ class App:
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
-        self.settings, self.ruleset = _load(config_path)
+        self.settings, self.ruleset, self.locator = _load(config_path)
         self.listeners: dict[str, Listener] = {}
         self.retired: list[Listener] = []  # removed at reload; their sessions still drain
-        self.recorder = Recorder(self.settings.database, retention=self.settings.retention)
+        self.recorder = Recorder(
+            self.settings.database, retention=self.settings.retention, locator=self.locator
+        )
         self.bans = BanList()
         self._bans_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
@@ -60,6 +67,10 @@ class App:
         self.last_reload: float | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
+        # Socket activation: listener name -> the socket systemd passed for it. Kept for
+        # the daemon's life: each listener gets a duplicate, so a reload never loses one.
+        self.passed: dict[str, systemd.PassedSocket] = {}
+        self._watchdog_task: asyncio.Task[None] | None = None
 
     # -- start and stop -----------------------------------------------------------------
     async def run(self) -> int:
@@ -67,6 +78,7 @@ class App:
         await self.recorder.start()
         marker = await self._restore_bans()
         self._bans_task = loop.create_task(self._watch_bans(marker), name="gatekeeper-bans")
+        self._adopt_sockets()
         try:
             for settings in self.settings.listeners:
                 self.listeners[settings.name] = await self._start_listener(settings)
@@ -78,6 +90,9 @@ class App:
             loop.add_signal_handler(sig, self.stopping.set)
         log.info("gatekeeper %s started: %s; %s", __version__, self._listening(), self._rules())
         systemd.notify("READY=1", f"STATUS={self._status()}")
+        if (period := systemd.watchdog_period()) is not None:
+            watchdog = systemd.keep_alive(period)
+            self._watchdog_task = loop.create_task(watchdog, name="gatekeeper-watchdog")
         await self.stopping.wait()
         systemd.notify("STOPPING=1", "STATUS=stopping: draining sessions")
         loop.remove_signal_handler(signal.SIGHUP)  # a further TERM or INT changes nothing
@@ -86,8 +101,9 @@ class App:
 
     async def _start_listener(self, settings: ListenerSettings) -> Listener:
         listener = Listener(settings, self, self.recorder)
+        passed = self.passed.get(settings.name)
         try:
-            await listener.start()
+            await listener.start(passed.sock.dup() if passed is not None else None)
         except OSError as exc:
             raise GatekeeperError(
                 f"{settings.source}: listener {settings.name}: cannot listen on "
@@ -113,7 +129,27 @@ class App:
         if sum(cut):
             log.warning("stopping: cut %d session(s) still open after the drain period", sum(cut))
         await self.recorder.close()
+        for passed in self.passed.values():
+            passed.sock.close()
+        if self._watchdog_task is not None:  # pinged while sessions drained
+            self._watchdog_task.cancel()
         log.info("gatekeeper stopped")
+
+    def _adopt_sockets(self) -> None:
+        """Socket activation: take the sockets systemd passed, one per listener (by name,
+        else by port); close the ones no listener wants."""
+        passed, unmatched = systemd.assign(systemd.listen_sockets(), self.settings.listeners)
+        for item in unmatched:
+            log.warning(
+                "socket %r on %s passed by systemd matches no listener by name or port: closed",
+                item.name, item.address,
+            )  # fmt: skip
+            item.sock.close()
+        for name, item in passed.items():
+            log.info("listener %s: socket %r on %s passed by systemd (the socket unit sets "
+                     "the address; listen: in the config is not used)", name, item.name,
+                     item.address)  # fmt: skip
+        self.passed = passed
 
     # -- bans ---------------------------------------------------------------------------
     async def _restore_bans(self) -> int | None:
@@ -182,7 +218,9 @@ class App:
         """Re-read config and rules; on any error keep everything as it was."""
         systemd.reloading()
         try:
-            settings, ruleset = await asyncio.to_thread(_load, self.config_path)
+            settings, ruleset, locator = await asyncio.to_thread(
+                _load, self.config_path, self.locator
+            )
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload failed: %s", problem)
@@ -192,6 +230,7 @@ class App:
         if settings.database != self.settings.database:
             log.warning("database: a new path takes effect at restart, not at reload")
         self.ruleset = ruleset
+        self.locator = self.recorder.locator = locator
         await self._apply_listeners(settings)
         self.settings = settings
         cut = sum(x.enforce() for x in self.listeners.values() if x.settings.enforce_on_reload)
@@ -212,7 +251,8 @@ class App:
         wanted = {x.name: x for x in settings.listeners}
         for name, listener in list(self.listeners.items()):
             new = wanted.get(name)
-            if new is not None and new.listen == listener.settings.listen:
+            adopted = name in self.passed  # its address is the socket unit's, not ours
+            if new is not None and (new.listen == listener.settings.listen or adopted):
                 listener.update(new)
                 continue
             if new is not None:

@@ -65,6 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("text", "json", "csv"), default="text")
     report.set_defaults(func=cmd_report)
 
+    stats = commands.add_parser(
+        "stats", help="the trend report: connections per day, quiet days, top lists"
+    )
+    _config_option(stats)
+    stats.add_argument("--since", metavar="DATE", help="YYYY-MM-DD (local) or ISO timestamp")
+    stats.add_argument("--until", metavar="DATE", help="YYYY-MM-DD (local) or ISO timestamp")
+    stats.add_argument("--format", choices=("text", "json"), default="text")
+    stats.add_argument("--top", type=int, default=10, metavar="N",
+                       help="rows of the top addresses and user names (default: 10)")  # fmt: skip
+    stats.set_defaults(func=cmd_stats)
+
+    web = commands.add_parser(
+        "web", help="serve the report pages (default 127.0.0.1:8020)",
+        description="Serve the report pages on web.listen. Beyond a loopback address a "
+        "login is required: web: {user: NAME, password_hash: LINE} in the configuration.",
+    )  # fmt: skip
+    _config_option(web)
+    web.add_argument(
+        "--hash-password", action="store_true",
+        help="read a password (from standard input, or asked without echo) and print the "
+        "line to write as web.password_hash; serves nothing",
+    )  # fmt: skip
+    web.set_defaults(func=cmd_web)
+
     bans = commands.add_parser(
         "bans", help="show or lift automatic bans",
         description="List the active automatic bans (the default), or lift the one covering "
@@ -148,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from gatekeeper.rules.engine import RuleSet
 
-    settings, spec = config.load(args.config)
+    settings, spec = config.load(args.config, check_geoip=True)
     counts = RuleSet.build(spec).counts()
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
     print(f"{settings.path}: ok ({len(settings.listeners)} listeners; {summary})")
@@ -168,11 +192,13 @@ def _parse_at(text: str | None) -> datetime | None:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
+    from gatekeeper.geo import GeoLocator
     from gatekeeper.rules.engine import RuleSet
     from gatekeeper.settings import normalise_address
 
     settings, spec = config.load(args.config)
-    ruleset = RuleSet.build(spec)
+    locator = GeoLocator.open(settings.geoip)  # unusable: one warning, countries unknown
+    ruleset = RuleSet.build(spec, country_of=locator.country)
     try:
         address = str(normalise_address(args.address))
     except ValueError:
@@ -228,6 +254,55 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         out = render.render_text(report, letters=letters)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    return EXIT_OK
+
+
+# -- stats -------------------------------------------------------------------------------
+def cmd_stats(args: argparse.Namespace) -> int:
+    from gatekeeper.report import render
+    from gatekeeper.report.stats import trend_stats
+
+    settings = config.load_settings(args.config)
+    try:
+        stats = trend_stats(settings.database, since=args.since, until=args.until, top=args.top)
+    except ValueError as exc:
+        raise GatekeeperError(str(exc)) from None
+    if args.format == "json":
+        sys.stdout.write(render.render_stats_json(stats))
+    else:
+        sys.stdout.write(render.render_stats_text(stats))
+    return EXIT_OK
+
+
+# -- web ---------------------------------------------------------------------------------
+def _read_password() -> str:
+    """One line of standard input, or asked twice without echo on a terminal."""
+    import getpass
+
+    if sys.stdin is not None and not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password for the report pages: ")
+        if getpass.getpass("The same again: ") != password:
+            raise GatekeeperError("the two passwords differ; nothing printed")
+    if not password:
+        raise GatekeeperError("the password is empty; nothing printed")
+    return password
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    if args.hash_password:
+        from gatekeeper.report.web import hash_password
+
+        print(hash_password(_read_password()))
+        return EXIT_OK
+    from gatekeeper.report.web import check_exposure, serve
+
+    settings = config.load_settings(args.config)
+    check_exposure(settings)  # before anything is bound
+    _setup_logging(False)
+    with _runner() as runner:
+        runner.run(serve(settings))
     return EXIT_OK
 
 

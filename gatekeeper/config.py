@@ -66,7 +66,9 @@ from gatekeeper.settings import (
     Settings,
     Timeouts,
     TlsSettings,
+    WebAuth,
     parse_network,
+    parse_password_hash,
 )
 
 __all__ = [
@@ -721,8 +723,32 @@ class _ListenerModel(_Model):
     allow_foreign_data: Bool = False
 
 
+def _v_web_user(value: object) -> str:
+    # HTTP Basic sends "user:password": a colon would end the name early.
+    text = value.strip() if isinstance(value, str) else ""
+    if text and text.isprintable() and ":" not in text:
+        return text
+    raise ValueError(
+        f"bad user {_describe(value)}: write the name to sign on to the report pages with "
+        "(no colon, no control character)"
+    )
+
+
+def _v_password_hash(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(
+            f"bad password_hash {_describe(value)}: write the line that "
+            "'gatekeeper web --hash-password' prints, in quotes"
+        )
+    parse_password_hash(value)  # ValueError says what is wrong
+    return value.strip()
+
+
 class _WebModel(_Model):
     listen: Annotated[HostPort, PlainValidator(_v_listen)] = HostPort("127.0.0.1", 8020)
+    # HTTP Basic credentials for the report pages (needed when listen is not loopback).
+    user: Annotated[str, PlainValidator(_v_web_user)] | None = None
+    password_hash: Annotated[str, PlainValidator(_v_password_hash)] | None = None
 
 
 class _GeoipModel(_Model):
@@ -1116,11 +1142,41 @@ def _build_settings(cfg: _ConfigModel, doc: _Doc, path: Path) -> tuple[Settings,
         listeners=tuple(listeners),
         geoip=geoip,
         web_listen=cfg.web.listen if cfg.web is not None else HostPort("127.0.0.1", 8020),
+        web_auth=_web_auth(cfg.web, problem),
         timeouts=timeouts,
         retention=cfg.retention,
         mode=mode,
     )
     return settings, problems
+
+
+def _geoip_problems(settings: Settings, doc: _Doc) -> list[Problem]:
+    """GeoIP databases that cannot be used: errors for ``gatekeeper check``, while the
+    daemon only warns and runs with locations unknown (see ``gatekeeper.geo``)."""
+    if settings.geoip is None:
+        return []
+    from gatekeeper import geo  # geoip2 is loaded only when a database is checked
+
+    return [
+        Problem(doc.file, doc.line(("geoip", kind)), f"geoip.{kind}: {message}")
+        for kind, message in geo.database_problems(settings.geoip)
+    ]
+
+
+def _web_auth(web: _WebModel | None, problem: Callable[[Loc, str], None]) -> WebAuth | None:
+    """``web: {user, password_hash}``: both or neither."""
+    if web is None or (web.user is None and web.password_hash is None):
+        return None
+    if web.user is None or web.password_hash is None:
+        given, missing = ("user", "password_hash") if web.password_hash is None else (
+            "password_hash", "user")  # fmt: skip
+        problem(
+            ("web", given),
+            f"web: {given} without {missing}; write both (the hash comes from "
+            "'gatekeeper web --hash-password'), or neither for no login on a loopback address",
+        )
+        return None
+    return WebAuth(web.user, parse_password_hash(web.password_hash))
 
 
 def _written_globs(doc: _Doc) -> tuple[list[tuple[str, int | None]], int | None] | None:
@@ -1149,7 +1205,7 @@ def _raw_listener_names(doc: _Doc) -> tuple[str, ...] | None:
 
 
 def _load_config(
-    path: str | Path,
+    path: str | Path, *, check_geoip: bool = False
 ) -> tuple[Settings | None, list[Problem], _RulesContext | None]:
     shown = str(path)
     absolute = Path(os.path.abspath(os.path.expanduser(path)))
@@ -1175,6 +1231,8 @@ def _load_config(
     if cfg is not None:
         settings, found = _build_settings(cfg, doc, absolute)
         problems += found
+        if check_geoip:
+            problems += _geoip_problems(settings, doc)
 
     context = None
     written = _written_globs(doc)
@@ -1489,13 +1547,15 @@ def _tls_problems(settings: Settings) -> list[Problem]:
     return found
 
 
-def load(path: str | Path) -> tuple[Settings, RulesSpec]:
+def load(path: str | Path, *, check_geoip: bool = False) -> tuple[Settings, RulesSpec]:
     """Both the config and the rule files; problems of both kinds in one ConfigError.
 
     The rule files are checked even when the config file has problems elsewhere, so
-    ``gatekeeper check`` shows everything at once.
+    ``gatekeeper check`` shows everything at once. ``check_geoip`` (``gatekeeper check``)
+    makes a GeoIP database that is missing, unreadable or of the wrong type a problem
+    too; the daemon does not ask for it: it warns and runs with locations unknown.
     """
-    settings, problems, context = _load_config(path)
+    settings, problems, context = _load_config(path, check_geoip=check_geoip)
     spec = None
     if context is not None:
         spec, found = _load_rules(context)
