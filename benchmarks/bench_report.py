@@ -22,8 +22,17 @@ import yaml
 from gatekeeper.report.query import rejection_report
 from gatekeeper.store import schema
 
-PLACES = [(f"C{i % 40:02d}", f"Country {i % 40}", f"Region {i}", f"City {i}", i % 80 - 40.0, i % 300 - 150.0)
-          for i in range(200)]  # fmt: skip
+PLACES = [
+    (
+        f"C{i % 40:02d}",
+        f"Country {i % 40}",
+        f"Region {i}",
+        f"City {i}",
+        i % 80 - 40.0,
+        i % 300 - 150.0,
+    )
+    for i in range(200)
+]
 
 
 def build(db: Path, addresses: int, seed: int = 1) -> None:
@@ -76,8 +85,10 @@ def main() -> int:
         config = Path(tmp) / "gk.yaml"
         config.write_text(yaml.safe_dump({
             "database": str(db.resolve()), "rules": ["r.yaml"],
-            "listeners": [{"name": n, "protocol": n, "listen": f"127.0.0.1:{p}",
-                           "upstream": f"127.0.0.1:{p + 1}"} for n, p in (("ftp", 2121), ("telnet", 2323))],
+            "listeners": [
+                {"name": n, "protocol": n, "listen": f"127.0.0.1:{p}", "upstream": f"127.0.0.1:{p + 1}"}
+                for n, p in (("ftp", 2121), ("telnet", 2323))
+            ],
         }))  # fmt: skip
         cmd = [sys.executable, "-m", "gatekeeper", "report", "-c", str(config), "--format", "json"]
         cli, out = timed(lambda: subprocess.run(cmd, check=True, capture_output=True))
