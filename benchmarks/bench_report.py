@@ -86,7 +86,8 @@ def main() -> int:
         config.write_text(yaml.safe_dump({
             "database": str(db.resolve()), "rules": ["r.yaml"],
             "listeners": [
-                {"name": n, "protocol": n, "listen": f"127.0.0.1:{p}", "upstream": f"127.0.0.1:{p + 1}"}
+                {"name": n, "protocol": n, "listen": f"127.0.0.1:{p}",
+                 "upstream": f"127.0.0.1:{p + 1}"}
                 for n, p in (("ftp", 2121), ("telnet", 2323))
             ],
         }))  # fmt: skip
