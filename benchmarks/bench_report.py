@@ -62,7 +62,12 @@ def _insert(conn, rows, locs) -> None:  # type: ignore[no-untyped-def]
         conn.executemany(
             "INSERT OR IGNORE INTO rejections (day, listener, address, monitor, first, last,"
             " attempts, reason, rule, user) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)  # fmt: skip
-        conn.executemany("INSERT OR IGNORE INTO locations VALUES (?,?,?,?,?,?,?)", locs)
+        conn.executemany(
+            "INSERT OR IGNORE INTO locations"
+            " (address, country, country_name, region, city, latitude, longitude)"
+            " VALUES (?,?,?,?,?,?,?)",
+            locs,
+        )
 
 
 def timed(func) -> tuple[float, object]:  # type: ignore[no-untyped-def]

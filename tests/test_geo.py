@@ -378,7 +378,14 @@ def table(db: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 def locations(db: Path) -> dict[str, tuple[Any, ...]]:
-    return {row[0]: row[1:] for row in table(db, "SELECT * FROM locations")}
+    return {
+        row[0]: row[1:]
+        for row in table(
+            db,
+            "SELECT address, country, country_name, region, city, latitude, longitude"
+            " FROM locations",
+        )
+    }
 
 
 def epoch(db: Path) -> str | None:

@@ -44,6 +44,15 @@ class Bound:
     when: float  # the same instant, seconds since the epoch
 
 
+def parse_range(since: str | None, until: str | None) -> tuple[Bound | None, Bound | None]:
+    """``--since``/``--until`` as bounds (either may be absent); ValueError if reversed."""
+    low = parse_bound(since, end=False) if since is not None else None
+    high = parse_bound(until, end=True) if until is not None else None
+    if low is not None and high is not None and low.when > high.when:
+        raise ValueError(f"since {since!r} is after until {until!r}")
+    return low, high
+
+
 def parse_bound(text: str, *, end: bool) -> Bound:
     """``YYYY-MM-DD`` (a local date; as ``end``, the whole day is included) or an ISO 8601
     timestamp (with ``Z`` or an offset; without one it is local time)."""
@@ -111,6 +120,8 @@ class Entry:
     monitor_attempts: int
     latitude: float | None = None
     longitude: float | None = None
+    asn: int | None = None  # autonomous system (geoip.asn), e.g. 4134
+    organisation: str | None = None  # its owner, e.g. "CHINANET-BACKBONE"
 
     @property
     def map(self) -> str | None:
@@ -129,6 +140,8 @@ class Entry:
             "user": self.user,
             "monitor": self.monitor,
             "monitor_attempts": self.monitor_attempts,
+            "asn": self.asn,
+            "organisation": self.organisation,
             "map": self.map,
         }
 
@@ -259,7 +272,7 @@ ranks AS MATERIALIZED (
     FROM json_each(:ranks)
 ),
 page AS (
-    SELECT e.*, ranks.rank, l.latitude, l.longitude
+    SELECT e.*, ranks.rank, l.latitude, l.longitude, l.asn, l.organisation
     FROM e LEFT JOIN locations AS l ON l.address = e.address
     JOIN ranks ON ranks.country = {_LOCATION[0]} AND ranks.region = {_LOCATION[1]}
               AND ranks.city = {_LOCATION[2]}
@@ -267,7 +280,8 @@ page AS (
     LIMIT :limit OFFSET :offset
 )
 SELECT page.listener, page.address, page.first, page.last, page.attempts, page.monitor,
-       page.monitor_attempts, page.latitude, page.longitude, page.rank,
+       page.monitor_attempts, page.latitude, page.longitude, page.asn, page.organisation,
+       page.rank,
        (SELECT json_array(r.reason, r.rule, r.user) FROM rejections AS r
         WHERE r.address = page.address AND r.listener = page.listener AND {{where}}
         ORDER BY r.last DESC LIMIT 1) AS latest,
@@ -365,10 +379,7 @@ def rejection_report(
         raise ValueError(f"bad limit {limit}: expected 0 or more")
     if offset < 0:
         raise ValueError(f"bad offset {offset}: expected 0 or more")
-    low = parse_bound(since, end=False) if since is not None else None
-    high = parse_bound(until, end=True) if until is not None else None
-    if low is not None and high is not None and low.when > high.when:
-        raise ValueError(f"since {since!r} is after until {until!r}")
+    low, high = parse_range(since, until)
     today = today or date.today()
     report = Report(
         level=level,
@@ -450,6 +461,8 @@ def _fill(conn: sqlite3.Connection, report: Report, low: Bound | None, high: Bou
         monitor_attempts,
         lat,
         lon,
+        asn,
+        organisation,
         rank,
         latest,
         first_day,
@@ -472,5 +485,7 @@ def _fill(conn: sqlite3.Connection, report: Report, low: Bound | None, high: Bou
                 monitor_attempts=monitor_attempts,
                 latitude=lat,
                 longitude=lon,
+                asn=asn,
+                organisation=organisation,
             )
         )

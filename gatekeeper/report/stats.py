@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.errors import GatekeeperError
-from gatekeeper.report.query import Bound, parse_bound
+from gatekeeper.report.query import Bound, parse_range
 from gatekeeper.store import schema
 
 TOP = 10  # rows of the top lists: what fits a "hacking report" slide
@@ -221,10 +221,7 @@ def trend_stats(
     """
     if top < 0:
         raise ValueError(f"bad top {top}: expected 0 or more")
-    low = parse_bound(since, end=False) if since is not None else None
-    high = parse_bound(until, end=True) if until is not None else None
-    if low is not None and high is not None and low.when > high.when:
-        raise ValueError(f"since {since!r} is after until {until!r}")
+    low, high = parse_range(since, until)
     today = today or date.today()
     stats = Stats(
         since=low.text if low else None,

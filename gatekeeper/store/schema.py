@@ -159,6 +159,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # The network an address belongs to, from the ASN database (geoip.asn): shown per
+        # address at the detail level. NULL when no ASN database is configured or it has
+        # no entry.
+        "ALTER TABLE locations ADD COLUMN asn INTEGER",
+        "ALTER TABLE locations ADD COLUMN organisation TEXT",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

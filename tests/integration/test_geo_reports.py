@@ -240,3 +240,18 @@ def test_missing_database_warns_once_and_locations_are_unknown(
     assert rep["countries"] == [
         {"country": None, "country_name": "unknown", "addresses": 1, "percent": 100.0}
     ]
+
+
+def test_asn_is_recorded_with_the_location(
+    daemon: Any, upstream: Upstream, city_db: Path, asn_db: Path
+) -> None:
+    """With geoip.asn, each rejected address carries its network (AS number, owner)."""
+    geoip = {"city": str(city_db), "asn": str(asn_db)}
+    d: Daemon = daemon({"geoip": geoip, "listeners": [listener(upstream)]}, rules(BUILT)).start()
+    for address in (BUILT.china[0], BUILT.nowhere):
+        assert knock(d, address) == b""
+    assert d.stop() == 0
+    entries = {e["address"]: e for loc in report(d)["locations"] for e in loc["entries"]}
+    assert (entries[BUILT.china[0]]["asn"], entries[BUILT.china[0]]["organisation"]) == (
+        64500, "Example Backbone")  # fmt: skip
+    assert (entries[BUILT.nowhere]["asn"], entries[BUILT.nowhere]["organisation"]) == (None, None)

@@ -104,7 +104,12 @@ def locate(db: Path, *rows: tuple[Any, ...]) -> None:
     """(address, country, country_name, region, city, latitude, longitude)"""
     conn = sqlite3.connect(db)
     with conn:
-        conn.executemany("INSERT INTO locations VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany(
+            "INSERT INTO locations"
+            " (address, country, country_name, region, city, latitude, longitude)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
     conn.close()
 
 

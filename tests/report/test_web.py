@@ -64,7 +64,12 @@ def db(tmp_path: Path) -> Path:
     )
     conn = sqlite3.connect(path)
     with conn:
-        conn.executemany("INSERT INTO locations VALUES (?, ?, ?, ?, ?, ?, ?)", LOCATIONS)
+        conn.executemany(
+            "INSERT INTO locations"
+            " (address, country, country_name, region, city, latitude, longitude)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            LOCATIONS,
+        )
     conn.close()
     return path
 
