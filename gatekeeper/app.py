@@ -15,9 +15,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gatekeeper import __version__, config, systemd
+from gatekeeper import __version__, config, metrics, systemd
 from gatekeeper.bans import BanList
 from gatekeeper.errors import ConfigError, GatekeeperError
+from gatekeeper.eventlog import EventLog
 from gatekeeper.geo import GeoLocator
 from gatekeeper.net.listener import Listener
 from gatekeeper.rules.engine import RuleSet
@@ -60,11 +61,20 @@ class App:
         self.recorder = Recorder(
             self.settings.database, retention=self.settings.retention, locator=self.locator
         )
+        # First rejections, flood summaries and syslog, from what each flush wrote.
+        self.eventlog = self.recorder.observer = EventLog(self.settings.syslog)
         self.bans = BanList()
         self._bans_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
+        self.started = time.time()
         self.reloads = 0
         self.last_reload: float | None = None
+        self.reload_failures = 0
+        self.last_reload_failed = False
+        # /metrics (metrics.listen) in a thread of its own, and the status file.
+        self.metrics_server: metrics.MetricsServer | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._status_failing = False
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
         # Socket activation: listener name -> the socket systemd passed for it. Kept for
@@ -76,15 +86,18 @@ class App:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         await self.recorder.start()
+        self.eventlog.start()
         marker = await self._restore_bans()
         self._bans_task = loop.create_task(self._watch_bans(marker), name="gatekeeper-bans")
         self._adopt_sockets()
         try:
             for settings in self.settings.listeners:
                 self.listeners[settings.name] = await self._start_listener(settings)
+            await self._apply_metrics(self.settings)
         except GatekeeperError:
             await self._shutdown()
             raise
+        self._status_task = loop.create_task(self._write_status(), name="gatekeeper-status")
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -114,6 +127,11 @@ class App:
     async def _shutdown(self) -> None:
         if self._reload_task is not None:
             self._reload_task.cancel()
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+            self._status_task = None
         if self._bans_task is not None:
             self._bans_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -129,6 +147,9 @@ class App:
         if sum(cut):
             log.warning("stopping: cut %d session(s) still open after the drain period", sum(cut))
         await self.recorder.close()
+        await self.eventlog.close()  # after the last flush: its events are sent too
+        await self._stop_metrics()
+        self._save_status(stopped=True)
         for passed in self.passed.values():
             passed.sock.close()
         if self._watchdog_task is not None:  # pinged while sessions drained
@@ -225,19 +246,27 @@ class App:
             for problem in exc.problems:
                 log.error("reload failed: %s", problem)
             log.error("reload failed: the previous configuration and rules stay in force")
+            self.reload_failures += 1
+            self.last_reload_failed = True
+            self._save_status()
             systemd.notify("READY=1", f"STATUS={self._status()}; last reload failed")
             return False
         if settings.database != self.settings.database:
             log.warning("database: a new path takes effect at restart, not at reload")
+        before = self.ruleset.counts(), set(self.listeners)
         self.ruleset = ruleset
         self.locator = self.recorder.locator = locator
         await self._apply_listeners(settings)
         self.settings = settings
+        self.eventlog.configure(settings.syslog)
         cut = sum(x.enforce() for x in self.listeners.values() if x.settings.enforce_on_reload)
         await self.recorder.flush()
+        await self._apply_metrics(settings, reload=True)
         self.reloads += 1
         self.last_reload = time.time()
-        log.info("reloaded: %s; %s%s", self._rules(), self._listening(),
+        self.last_reload_failed = False
+        self._save_status()
+        log.info("reloaded: %s; %s%s", self._changes(*before), self._listening(),
                  f"; cut {cut} session(s) now denied" if cut else "")  # fmt: skip
         systemd.notify("READY=1", f"STATUS={self._status()}")
         return True
@@ -273,6 +302,67 @@ class App:
                     log.error("reload: %s", exc)
         self.retired = [x for x in self.retired if x.relays]
 
+    # -- metrics and the status file ------------------------------------------------------
+    async def _apply_metrics(self, settings: Settings, *, reload: bool = False) -> None:
+        """Serve /metrics on ``settings.metrics_listen`` (a changed address: serve anew)."""
+        listen = settings.metrics_listen
+        current = self.metrics_server
+        if current is not None and current.listen == listen:
+            return
+        await self._stop_metrics()
+        if listen is None:
+            return
+        server = metrics.MetricsServer(listen, metrics.registry_for(self))
+        try:
+            await asyncio.to_thread(server.start)
+        except OSError as exc:
+            message = f"metrics: cannot listen on {listen}: {exc.strerror or exc}"
+            if not reload:
+                raise GatekeeperError(f"{settings.path}: {message}") from exc
+            log.error("reload: %s; /metrics is not served", message)
+            return
+        self.metrics_server = server
+        log.info("metrics: serving /metrics on %s", server.address)
+
+    async def _stop_metrics(self) -> None:
+        server, self.metrics_server = self.metrics_server, None
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+
+    def _status_data(self) -> dict[str, object]:
+        data = metrics.snapshot(self).to_json()
+        if self.metrics_server is not None:
+            data["metrics"] = self.metrics_server.address
+        return data
+
+    def _save_status(self, *, stopped: bool = False) -> None:
+        """Write the status file now (start, reload, stop): one small file, renamed."""
+        path = self.settings.status_file
+        if path is None:
+            return
+        try:
+            if stopped:
+                metrics.mark_stopped(path, self._status_data())
+            else:
+                metrics.write_status(path, self._status_data())
+        except OSError as exc:
+            log.warning("status file %s: cannot write: %s", path, exc.strerror or exc)
+
+    async def _write_status(self) -> None:
+        """Every second: the numbers on the loop, the file written in a thread."""
+        while True:
+            path = self.settings.status_file
+            if path is not None:
+                try:
+                    await asyncio.to_thread(metrics.write_status, path, self._status_data())
+                except OSError as exc:
+                    if not self._status_failing:
+                        log.warning("status file %s: cannot write: %s", path, exc.strerror or exc)
+                    self._status_failing = True
+                else:
+                    self._status_failing = False
+            await asyncio.sleep(metrics.STATUS_INTERVAL)
+
     # -- what to tell people ------------------------------------------------------------
     def _listening(self) -> str:
         parts = []
@@ -282,6 +372,18 @@ class App:
                 f"{x.name} ({x.settings.protocol}{mode}) on {x.address} -> {x.settings.upstream}"
             )
         return ", ".join(parts) or "no listeners"
+
+    def _changes(self, counts: dict[str, int], listeners: set[str]) -> str:
+        """What a reload changed: "rules 12 -> 14, networks 30, ...; listeners added: x"."""
+        now = self.ruleset.counts()
+        parts = [f"{k} {counts.get(k, 0)} -> {v}" if counts.get(k) != v else f"{k} {v}"
+                 for k, v in now.items()]  # fmt: skip
+        text = ", ".join(parts)
+        if added := sorted(set(self.listeners) - listeners):
+            text += "; listeners added: " + ", ".join(added)
+        if removed := sorted(listeners - set(self.listeners)):
+            text += "; listeners removed: " + ", ".join(removed)
+        return text
 
     def _rules(self) -> str:
         counts = self.ruleset.counts()

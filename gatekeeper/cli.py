@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from gatekeeper import __version__, config
 from gatekeeper.errors import ConfigError, GatekeeperError
@@ -22,6 +23,7 @@ log = logging.getLogger("gatekeeper")
 EXIT_OK = 0
 EXIT_ERROR = 1  # config problems, a failed check, a daemon that could not start
 EXIT_USAGE = 2  # argparse's own code for bad arguments
+EXIT_NOT_RUNNING = 3  # gatekeeper status: the daemon is not running (as systemctl status)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
         "line to write as web.password_hash; serves nothing",
     )  # fmt: skip
     web.set_defaults(func=cmd_web)
+
+    status = commands.add_parser(
+        "status", help="what the running daemon is doing",
+        description="Listeners, sessions, counts, rules and the last reload of the running "
+        "daemon, from the status file it rewrites every second. Exit status 3 when it is "
+        "not running.",
+    )  # fmt: skip
+    _config_option(status)
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    status.set_defaults(func=cmd_status)
 
     bans = commands.add_parser(
         "bans", help="show or lift automatic bans",
@@ -304,6 +316,78 @@ def cmd_web(args: argparse.Namespace) -> int:
     with _runner() as runner:
         runner.run(serve(settings))
     return EXIT_OK
+
+
+# -- status ------------------------------------------------------------------------------
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return f"{total} ({detail})" if detail else "0"
+
+
+def _status_text(data: dict[str, Any], now: float) -> str:
+    lines = [
+        f"gatekeeper {data['version']}: running, pid {data['pid']}, "
+        f"up {_duration(now - data['started'])} (config {data['config']})"
+    ]
+    head = ("LISTENER", "PROTOCOL", "ADDRESS", "UPSTREAM", "MODE", "SESSIONS", "ACCEPTED",
+            "REJECTED")  # fmt: skip
+    rows = [head] + [
+        (x["name"], x["protocol"], x["address"], x["upstream"], x["mode"], str(x["sessions"]),
+         str(x["accepted"]), _counts(x["rejected"])
+         + (f"; would reject {_counts(x['would_reject'])}" if x["would_reject"] else ""))
+        for x in data["listeners"]
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        cells = zip(r, widths, strict=True)
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in cells).rstrip())
+    lines.append("rules: " + ", ".join(f"{v} {k}" for k, v in data["rules"].items()))
+    bans, rec = data["bans"], data["recorder"]
+    lines.append(f"bans: {bans['active']} active, {bans['total']} made since start")
+    lines.append(f"recorder: {rec['pending']} pending, {rec['dropped']} dropped")
+    last = data["last_reload"]
+    reloads = f"reloads: {data['reloads']}, failed {data['reload_failures']}"
+    if last is not None:
+        reloads += f"; last at {_local_time(last)}"
+    if data["last_reload_failed"]:
+        reloads += "; the LAST RELOAD FAILED (the previous configuration is in force)"
+    lines.append(reloads)
+    if data.get("metrics"):
+        lines.append(f"metrics: http://{data['metrics']}/metrics")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gatekeeper.metrics import read_status
+
+    settings = config.load_settings(args.config)
+    assert settings.status_file is not None  # the loader always sets it
+    now = time.time()
+    found = read_status(settings.status_file, now)
+    if args.format == "json":
+        out: dict[str, Any] = dict(found.data or {})
+        out["running"] = found.running
+        if not found.running:
+            out["why"] = found.why
+        print(json.dumps(out, indent=2))
+    elif found.running and found.data is not None:
+        print(_status_text(found.data, now))
+    else:
+        print(f"gatekeeper ({settings.path}): not running ({found.why})")
+    return EXIT_OK if found.running else EXIT_NOT_RUNNING
 
 
 # -- bans --------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from gatekeeper.rules.model import (
     UserPolicy,
 )
 from gatekeeper.settings import (
+    SYSLOG_FACILITIES,
     GeoipSettings,
     HostPort,
     Limits,
@@ -64,6 +65,7 @@ from gatekeeper.settings import (
     Protocol,
     RejectStyle,
     Settings,
+    SyslogSettings,
     Timeouts,
     TlsSettings,
     WebAuth,
@@ -751,9 +753,58 @@ class _WebModel(_Model):
     password_hash: Annotated[str, PlainValidator(_v_password_hash)] | None = None
 
 
+def _v_metrics_listen(value: object) -> HostPort:
+    return parse_host_port(value, what="metrics listen address")
+
+
+class _MetricsModel(_Model):
+    # Where /metrics is served (Prometheus text format); no metrics section: not served.
+    listen: Annotated[HostPort, PlainValidator(_v_metrics_listen)]
+
+
 class _GeoipModel(_Model):
     city: NonEmptyText | None = None
     asn: NonEmptyText | None = None
+
+
+def _v_syslog_target(value: object) -> tuple[str, HostPort]:
+    example = 'write e.g. "udp://10.0.0.5:514" or "tcp://siem.example.com:601"'
+    text = value.strip() if isinstance(value, str) else ""
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("udp", "tcp"):
+        raise ValueError(f"bad syslog target {_describe(value)}: {example}")
+    return scheme.lower(), parse_host_port(rest, what="syslog target")
+
+
+def _v_syslog_facility(value: object) -> int:
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if text in SYSLOG_FACILITIES:
+        return SYSLOG_FACILITIES[text]
+    raise ValueError(
+        f"bad syslog facility {_describe(value)}: write one of {', '.join(SYSLOG_FACILITIES)}"
+    )
+
+
+def _v_syslog_name(limit: int) -> Callable[[object], str]:
+    """RFC 5424 APP-NAME / HOSTNAME: 1 to ``limit`` printable US-ASCII characters, no space."""
+
+    def check(value: object) -> str:
+        text = value.strip() if isinstance(value, str) else ""
+        if 0 < len(text) <= limit and all(33 <= ord(c) <= 126 for c in text):
+            return text
+        raise ValueError(
+            f"bad name {_describe(value)}: write 1 to {limit} printable ASCII characters "
+            "without spaces (RFC 5424)"
+        )
+
+    return check
+
+
+class _SyslogModel(_Model):
+    target: Annotated[tuple[str, HostPort], PlainValidator(_v_syslog_target)]
+    facility: Annotated[int, PlainValidator(_v_syslog_facility)] = SYSLOG_FACILITIES["authpriv"]
+    app_name: Annotated[str, PlainValidator(_v_syslog_name(48))] = "gatekeeper"
+    hostname: Annotated[str, PlainValidator(_v_syslog_name(255))] | None = None
 
 
 class _ConfigModel(_Model):
@@ -761,10 +812,13 @@ class _ConfigModel(_Model):
     geoip: _GeoipModel | None = None
     rules: Annotated[list[NonEmptyText], BeforeValidator(_v_one_or_list)] = [DEFAULT_RULES]
     web: _WebModel | None = None
+    metrics: _MetricsModel | None = None
+    status_file: NonEmptyText | None = None  # default: the database path + ".status.json"
     listeners: Annotated[list[_ListenerModel], Field(min_length=1)]
     timeouts: _TimeoutsModel | None = None
     retention: PositiveDuration = 400 * 86400.0
     mode: ModeField = "enforce"
+    syslog: _SyslogModel | None = None  # forward rejections and bans to a SIEM
 
 
 class _RuleItemModel(_Model):
@@ -1129,6 +1183,20 @@ def _build_settings(cfg: _ConfigModel, doc: _Doc, path: Path) -> tuple[Settings,
                 f"listener {ls.name!r}: upstream {ls.upstream} is gatekeeper's own listen "
                 "address, connections would loop; point it at the IBM i",
             )
+    metrics_listen = cfg.metrics.listen if cfg.metrics is not None else None
+    if metrics_listen is not None:
+        taken = [(x.listen, f"listener {x.name!r}") for x in listeners]
+        if cfg.web is not None:
+            taken.append((cfg.web.listen, "web.listen"))
+        for other, what in taken:
+            if _clash(metrics_listen, other):
+                problem(
+                    ("metrics", "listen"),
+                    f"metrics listen {metrics_listen} clashes with {what} on {other}; "
+                    'give metrics its own port, e.g. listen: "127.0.0.1:9120"',
+                )
+                break
+    database = _resolve(base, cfg.database)
     geoip = None
     if cfg.geoip is not None:
         geoip = GeoipSettings(
@@ -1137,7 +1205,7 @@ def _build_settings(cfg: _ConfigModel, doc: _Doc, path: Path) -> tuple[Settings,
         )
     settings = Settings(
         path=path,
-        database=_resolve(base, cfg.database),
+        database=database,
         rule_globs=tuple(_resolve_glob(base, g) for g in cfg.rules),
         listeners=tuple(listeners),
         geoip=geoip,
@@ -1146,8 +1214,29 @@ def _build_settings(cfg: _ConfigModel, doc: _Doc, path: Path) -> tuple[Settings,
         timeouts=timeouts,
         retention=cfg.retention,
         mode=mode,
+        metrics_listen=metrics_listen,
+        status_file=(
+            _resolve(base, cfg.status_file)
+            if cfg.status_file is not None
+            else database.with_name(database.name + ".status.json")
+        ),
+        syslog=_syslog(cfg.syslog),
     )
     return settings, problems
+
+
+def _syslog(model: _SyslogModel | None) -> SyslogSettings | None:
+    if model is None:
+        return None
+    transport, where = model.target
+    return SyslogSettings(
+        transport=transport,
+        host=where.host,
+        port=where.port,
+        facility=model.facility,
+        app_name=model.app_name,
+        hostname=model.hostname,
+    )
 
 
 def _geoip_problems(settings: Settings, doc: _Doc) -> list[Problem]:

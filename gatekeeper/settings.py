@@ -160,6 +160,31 @@ class WebAuth:
     password_hash: PasswordHash
 
 
+# RFC 5424 facility codes accepted for ``syslog.facility`` (section 6.2.1).
+SYSLOG_FACILITIES = {
+    "auth": 4,
+    "authpriv": 10,
+    **{f"local{n}": 16 + n for n in range(8)},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogSettings:
+    """Forwarding of rejections and bans to a SIEM as RFC 5424 syslog."""
+
+    transport: str  # "udp" | "tcp" (octet-counted framing, RFC 6587)
+    host: str
+    port: int
+    facility: int = SYSLOG_FACILITIES["authpriv"]
+    app_name: str = "gatekeeper"
+    hostname: str | None = None  # None: the machine's host name
+
+    @property
+    def target(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}://{host}:{self.port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The whole daemon configuration, validated."""
@@ -174,6 +199,9 @@ class Settings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     retention: float = 400 * 86400.0
     mode: Mode = Mode.ENFORCE
+    metrics_listen: HostPort | None = None  # where /metrics is served; None: not served
+    status_file: Path | None = None  # what ``gatekeeper status`` reads; written by the daemon
+    syslog: SyslogSettings | None = None  # forwarding to a SIEM; None: none
 
     def listener(self, name: str) -> ListenerSettings | None:
         return next((x for x in self.listeners if x.name == name), None)

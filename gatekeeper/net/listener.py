@@ -13,13 +13,14 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from ipaddress import ip_address
 from typing import Protocol as TypingProtocol
 from typing import cast
 
 from gatekeeper.bans import BanList
 from gatekeeper.errors import ProtocolError
-from gatekeeper.events import Outcome, Rejection, Sink
+from gatekeeper.events import Ban, Login, Outcome, RefusedRequest, Rejection, SessionRecord, Sink
 from gatekeeper.ftp import tls
 from gatekeeper.ftp.data import PortPool
 from gatekeeper.ftp.session import FtpSession
@@ -137,6 +138,7 @@ class FrontProtocol(asyncio.Protocol):
                 self._close_rejected()
                 return
             would_reject = reason
+        listener.accepted += 1
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         transport.pause_reading()  # until the upstream is connected; early bytes are buffered
         relay = Relay(listener, transport, address, port, self.early, would_reject)
@@ -227,8 +229,34 @@ class FrontProtocol(asyncio.Protocol):
             self.relay.client_resume_writing()
 
 
+class CountingSink:
+    """The listener's sink: counts rejections (by reason, "would reject" apart) and bans in
+    plain integers on the listener, then passes every event on. Metrics and ``gatekeeper
+    status`` read the counts; nothing here waits or allocates beyond a dict update."""
+
+    __slots__ = ("listener", "login", "refused_request", "session", "sink")
+
+    def __init__(self, listener: Listener, sink: Sink) -> None:
+        self.listener = listener
+        self.sink = sink
+        # Events not counted go straight to the sink: no extra call on their way.
+        self.session: Callable[[SessionRecord], None] = sink.session
+        self.login: Callable[[Login], None] = sink.login
+        self.refused_request: Callable[[RefusedRequest], None] = sink.refused_request
+
+    def rejected(self, event: Rejection) -> None:
+        counts = self.listener.would_reject if event.monitor else self.listener.rejected
+        counts[event.reason] = counts.get(event.reason, 0) + 1
+        self.sink.rejected(event)
+
+    def banned(self, ban: Ban) -> None:
+        self.listener.bans += 1
+        self.sink.banned(ban)
+
+
 class Listener:
-    """One configured listener: its socket, its sessions, its per-address limits."""
+    """One configured listener: its socket, its sessions, its per-address limits, and its
+    counters (plain integers, read by ``gatekeeper.metrics`` and the status file)."""
 
     def __init__(
         self,
@@ -239,7 +267,7 @@ class Listener:
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self.gate = gate
-        self.sink = sink
+        self.sink: Sink = CountingSink(self, sink)
         self.settings = settings
         self.name = settings.name
         self.limits = AddressLimits(settings.limits)
@@ -253,6 +281,22 @@ class Listener:
         self._prune: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        # Counters since start (kept across reloads: the listener object stays).
+        self.accepted = 0  # connections let through to the upstream (monitor ones included)
+        self.rejected: dict[str, int] = {}  # reason -> connections rejected
+        self.would_reject: dict[str, int] = {}  # reason -> monitor mode "would reject"
+        self.upstream_failures = 0  # sessions whose upstream could not be reached
+        self.bans = 0  # bans made by this listener's sessions
+        self.bytes_up_closed = 0  # bytes of sessions that ended (live ones: bytes_totals)
+        self.bytes_down_closed = 0
+
+    def bytes_totals(self) -> tuple[int, int]:
+        """Bytes relayed (client to upstream, upstream to client), live sessions included."""
+        up, down = self.bytes_up_closed, self.bytes_down_closed
+        for relay in list(self.relays):
+            up += relay.bytes_up
+            down += relay.bytes_down
+        return up, down
 
     # -- settings -----------------------------------------------------------------------
     def update(self, settings: ListenerSettings) -> None:

@@ -103,6 +103,7 @@ class Relay:
                 self.address, target, settings.name, exc or "timed out",
             )  # fmt: skip
             self.outcome = Outcome.UPSTREAM_FAILED
+            self.listener.upstream_failures += 1
             if not self.closed and settings.protocol == "ftp":
                 self.client.write(REPLY_421)
             self._side_lost(None)  # the upstream side that never was
@@ -182,6 +183,8 @@ class Relay:
             self.idle_handle.cancel()
         listener = self.listener
         listener.finished(self)
+        listener.bytes_up_closed += self.bytes_up
+        listener.bytes_down_closed += self.bytes_down
         ftp = self.ftp
         if ftp is not None and ftp.outcome is not None and self.outcome is Outcome.CLOSED:
             self.outcome = Outcome(ftp.outcome)

@@ -18,19 +18,26 @@ the address, so it is not looked up again. ``meta`` 'geoip_epoch' names the data
 rows come from; when another database is opened (a reload after an update), every
 address is located again, a chunk per flush, and rows not yet redone keep the old answer
 meanwhile. Addresses rejected while no database could be read get their rows later.
+
+An ``observer`` (the daemon's ``eventlog.EventLog``) is told after each committed flush
+what it wrote (``Flushed``): the rejections per (listener, address), which of their
+addresses had no row in ``rejections`` before (one indexed query per batch, in the
+write transaction), and the bans. That is where the journal's first-rejection lines,
+its per-minute summaries and syslog forwarding come from, not the accept path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -152,15 +159,18 @@ DELETE FROM locations WHERE address = ?1
 """
 
 _UPSERT_LOCATION = """
-INSERT INTO locations (address, country, country_name, region, city, latitude, longitude)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO locations (address, country, country_name, region, city, latitude, longitude,
+                       asn, organisation)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (address) DO UPDATE SET
     country = excluded.country,
     country_name = excluded.country_name,
     region = excluded.region,
     city = excluded.city,
     latitude = excluded.latitude,
-    longitude = excluded.longitude
+    longitude = excluded.longitude,
+    asn = excluded.asn,
+    organisation = excluded.organisation
 """
 
 _GEOIP_EPOCH = "SELECT value FROM meta WHERE key = 'geoip_epoch'"
@@ -178,6 +188,13 @@ _UNLOCATED_AFTER = """
 SELECT DISTINCT address FROM rejections AS r
 WHERE address > ?1 AND NOT EXISTS (SELECT 1 FROM locations AS l WHERE l.address = r.address)
 ORDER BY address LIMIT ?2
+"""
+
+# Which of the batch's addresses (a JSON array: one parameter however many) have no row in
+# rejections yet: the rejections_address index answers each with one seek.
+_NEW_ADDRESSES = """
+SELECT j.value FROM json_each(?) AS j
+WHERE NOT EXISTS (SELECT 1 FROM rejections AS r WHERE r.address = j.value)
 """
 
 _ADD_DROPPED = """
@@ -225,6 +242,54 @@ class _Pending:
             self.reason = newer.reason
             self.rule = newer.rule
             self.user = newer.user
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionCount:
+    """The rejections of one (listener, address, monitor) written by one flush."""
+
+    listener: str
+    address: str
+    count: int
+    first: float
+    last: float
+    reason: str  # of the latest attempt, like ``rule`` and ``user``
+    rule: str | None
+    user: str | None
+    monitor: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Flushed:
+    """What one committed flush wrote, for ``FlushObserver``."""
+
+    rejections: tuple[RejectionCount, ...] = ()
+    new_addresses: frozenset[str] = frozenset()  # no rejections row before this flush
+    bans: tuple[Ban, ...] = ()
+
+
+class FlushObserver(Protocol):
+    def flushed(self, written: Flushed) -> None:
+        """Called in the writer task after each commit: must be quick and never block."""
+
+
+def _counts(pending: dict[_Key, _Pending]) -> tuple[RejectionCount, ...]:
+    """One entry per (listener, address, monitor): rows of several days are added up."""
+    merged: dict[tuple[str, str, int], _Pending] = {}
+    for (_, listener, address, monitor), p in pending.items():
+        held = merged.get((listener, address, monitor))
+        if held is None:
+            copy = _Pending.__new__(_Pending)
+            copy.count, copy.first, copy.last = p.count, p.first, p.last
+            copy.reason, copy.rule, copy.user = p.reason, p.rule, p.user
+            merged[(listener, address, monitor)] = copy
+        else:
+            held.merge(p)
+    return tuple(
+        RejectionCount(listener, address, p.count, p.first, p.last, str(p.reason), p.rule,
+                       p.user, bool(monitor))
+        for (listener, address, monitor), p in merged.items()
+    )  # fmt: skip
 
 
 class _Tally:
@@ -395,7 +460,7 @@ def _location_rows(locator: GeoLocator, addresses: Iterable[str]) -> list[tuple[
     for address in addresses:
         found = locator.locate(address)
         if found is None:
-            rows.append((address, None, None, None, None, None, None))
+            rows.append((address, None, None, None, None, None, None, None, None))
         else:
             rows.append((
                 address,
@@ -405,6 +470,8 @@ def _location_rows(locator: GeoLocator, addresses: Iterable[str]) -> list[tuple[
                 found.city or None,
                 found.latitude,
                 found.longitude,
+                found.asn,
+                found.organisation or None,
             ))  # fmt: skip
     return rows
 
@@ -446,6 +513,8 @@ class Recorder:
         self._failing = False  # the last flush failed (its error was logged once)
         self._overflowing = False  # records are being dropped (logged once)
         self._commit_sent = False  # the running flush has sent its COMMIT
+        # Told what each flush wrote (see ``Flushed``); None: nobody asks, no extra query.
+        self.observer: FlushObserver | None = None
 
     # -- the Sink: synchronous, O(1), never raise ------------------------------------------
 
@@ -631,9 +700,10 @@ class Recorder:
         dropped = self.dropped
         self._commit_sent = False
         places = None
+        new: frozenset[str] = frozenset()
         try:
             places = await self._places(batch)
-            await self._write(batch, dropped - self._dropped_saved, places)
+            new = await self._write(batch, dropped - self._dropped_saved, places)
         except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite connection gone
             if not self._failing:
                 self._failing = True
@@ -656,6 +726,7 @@ class Recorder:
                 self._batch = batch
         if places is not None:
             self._placed(places)
+        self._tell(batch, new)
         if self._failing:
             self._failing = False
             log.warning("recorder: writing to %s again", self.database)
@@ -663,14 +734,32 @@ class Recorder:
             self._overflowing = False
         return True
 
-    async def _write(self, batch: _Batch, dropped: int, places: _Places | None = None) -> None:
+    def _tell(self, batch: _Batch, new: frozenset[str]) -> None:
+        observer = self.observer
+        if observer is None or not (batch.rejections or batch.bans):
+            return
+        try:
+            observer.flushed(Flushed(_counts(batch.rejections), new, tuple(batch.bans.values())))
+        except Exception:  # a bug in the observer must not stop the writer
+            log.exception("recorder: flush observer failed")
+
+    async def _write(
+        self, batch: _Batch, dropped: int, places: _Places | None = None
+    ) -> frozenset[str]:
         """One transaction. Sets ``_commit_sent`` once COMMIT is on its way: if the wait for
-        it is cancelled, the worker thread still runs it, so the batch counts as written."""
+        it is cancelled, the worker thread still runs it, so the batch counts as written.
+        Returns the batch's addresses that had no rejections row before (only asked with
+        an observer)."""
         db = self._db
         if db.in_transaction:  # left open by a write that was cancelled midway
             await db.rollback()
+        new: frozenset[str] = frozenset()
         await db.execute("BEGIN IMMEDIATE")
         try:
+            if batch.rejections and self.observer is not None:
+                addresses = sorted({key[2] for key in batch.rejections})
+                async with db.execute(_NEW_ADDRESSES, (json.dumps(addresses),)) as cur:
+                    new = frozenset(str(row[0]) for row in await cur.fetchall())
             if batch.rejections:
                 await db.executemany(_UPSERT_REJECTION, _rejection_rows(batch.rejections))
             if batch.sessions:
@@ -696,6 +785,7 @@ class Recorder:
             self._commit_sent = False
             await _rollback(db)
             raise
+        return new
 
     # -- locations -------------------------------------------------------------------------
 

@@ -870,7 +870,7 @@ def test_migration_from_version_1_keeps_the_data(tmp_path: Path) -> None:
         assert active_bans(db) == []  # an older database: no bans, no error
         assert lift_bans(db, ["192.0.2.1"]) == []
         assert schema.apply_schema(conn) == 1
-        assert schema.schema_version(conn) == schema.SCHEMA_VERSION == 2
+        assert schema.schema_version(conn) == schema.SCHEMA_VERSION == 3
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"bans", "logins", "requests"} <= tables
     finally:
