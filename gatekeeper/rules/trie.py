@@ -39,12 +39,12 @@ class _Node:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Hold off the cyclic garbage collector while building a table.
+def gc_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while many long-lived, acyclic objects are made.
 
-    A table holds three new objects per prefix, all long-lived and none cyclic: with
-    100,000 prefixes they set off full collections that rescan the whole heap and, in a
-    daemon holding its rules, double the build time while finding nothing to free.
+    Building 100,000 rules (loading a network list, compiling a table: several objects per
+    prefix, none cyclic) sets off full collections that rescan the whole heap and double
+    the time while finding nothing to free.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -152,7 +152,7 @@ class RadixTrie(Generic[V]):
 
     def compile(self) -> PrefixTable[V]:
         """Flatten into a ``PrefixTable``; later ``add`` calls do not change it."""
-        with _gc_paused():
+        with gc_paused():
             return self._flatten()
 
     def _flatten(self) -> PrefixTable[V]:
