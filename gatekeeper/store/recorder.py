@@ -518,15 +518,22 @@ class Recorder:
 
     # -- the Sink: synchronous, O(1), never raise ------------------------------------------
 
-    def rejected(self, event: Rejection) -> None:
+    def _day(self, when: float) -> str | None:
+        """The local day an event belongs to; None (and counted dropped) if it cannot be
+        recorded: the recorder is closed, or the timestamp is nonsensical."""
         if self._closed:
             self._drop(1)
-            return
+            return None
         try:
-            key = (schema.local_day(event.when), event.listener, event.address, int(event.monitor))
-        except (ValueError, OverflowError, OSError):  # a nonsensical timestamp
+            return schema.local_day(when)
+        except (ValueError, OverflowError, OSError):
             self._drop(1)
+            return None
+
+    def rejected(self, event: Rejection) -> None:
+        if (day := self._day(event.when)) is None:
             return
+        key = (day, event.listener, event.address, int(event.monitor))
         rejections = self._batch.rejections
         pending = rejections.get(key)
         if pending is not None:
@@ -543,13 +550,7 @@ class Recorder:
         self._batch.sessions.append(record)
 
     def login(self, event: Login) -> None:
-        if self._closed:
-            self._drop(1)
-            return
-        try:
-            day = schema.local_day(event.when)
-        except (ValueError, OverflowError, OSError):
-            self._drop(1)
+        if (day := self._day(event.when)) is None:
             return
         self._tally(
             self._batch.logins,
@@ -558,13 +559,7 @@ class Recorder:
         )
 
     def refused_request(self, event: RefusedRequest) -> None:
-        if self._closed:
-            self._drop(1)
-            return
-        try:
-            day = schema.local_day(event.when)
-        except (ValueError, OverflowError, OSError):
-            self._drop(1)
+        if (day := self._day(event.when)) is None:
             return
         key = (
             day,
