@@ -7,7 +7,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,10 +35,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def python_cmd(*args: str) -> list[str]:
-    return [sys.executable, *args]
 
 
 def spawn(cmd: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:

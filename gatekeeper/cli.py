@@ -22,7 +22,6 @@ log = logging.getLogger("gatekeeper")
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # config problems, a failed check, a daemon that could not start
-EXIT_USAGE = 2  # argparse's own code for bad arguments
 EXIT_NOT_RUNNING = 3  # gatekeeper status: the daemon is not running (as systemctl status)
 
 

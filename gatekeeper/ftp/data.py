@@ -23,15 +23,13 @@ from typing import Protocol, cast
 
 from gatekeeper.errors import ProtocolError
 from gatekeeper.net.proxyproto import NEED_DATA, ProxyParser
+from gatekeeper.net.relay import HIGH_WATER, LOW_WATER  # the same bound as the control relay
 from gatekeeper.settings import sockaddr_host
 
 log = logging.getLogger(__name__)
 
 # A client that asked for a data port but never connects: the port goes back to the pool.
 ACCEPT_TIMEOUT = 60.0
-# Same bound as the control relay: a slow reader stops the other side at this much.
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 
 
 class PortPool:
@@ -66,10 +64,6 @@ class PortPool:
     def release(self, port: int) -> None:
         """The channel on ``port`` is done (its socket already closed): the port is free."""
         self._used.discard(port)
-
-    @property
-    def in_use(self) -> int:
-        return len(self._used)
 
 
 def listen_on(host: str, port: int = 0) -> socket.socket:

@@ -21,7 +21,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gatekeeper.errors import ProtocolError
 from gatekeeper.events import Login, Outcome, RefusedRequest, Rejection
@@ -44,11 +43,9 @@ from gatekeeper.ftp.codec import (
     parse_port,
 )
 from gatekeeper.ftp.data import DataChannel, listen_on
+from gatekeeper.net.relay import REPLY_421, Relay
 from gatekeeper.rules.model import FtpPolicy, Reason
 from gatekeeper.settings import normalise_host
-
-if TYPE_CHECKING:
-    from gatekeeper.net.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +84,7 @@ UPLOADS = frozenset({"STOR", "STOU", "APPE"})
 MAX_OUTSTANDING = 64
 # Over-long or garbage lines a session may send before it is closed (like aiosmtpd's budget).
 MAX_BAD_LINES = 10
-# Secure-only FTP verbs that a plain client-side session should never reach the upstream with.
-_TLS_VERBS = frozenset({"AUTH", "PBSZ", "PROT", "CCC"})
 
-R421 = format_reply(421, "Service not available, closing control connection.")
 R425 = format_reply(425, "Can't open data connection.")
 R500_LONG = format_reply(500, "Command line too long.")
 R501 = format_reply(501, "Syntax error in parameters or arguments.")
@@ -177,7 +171,7 @@ class FtpSession:
                     self.listener.name,
                     exc,
                 )
-                self.relay.send_client(R421)
+                self.relay.send_client(REPLY_421)
                 self.relay.close(Outcome.ERROR)
                 return
             if event is NEED_DATA:
@@ -194,7 +188,7 @@ class FtpSession:
                 len(self.owed),
                 self.listener.name,
             )
-            self.relay.send_client(R421)
+            self.relay.send_client(REPLY_421)
             self.relay.close()
             return
         verb = cmd.verb
@@ -256,7 +250,7 @@ class FtpSession:
                 self.bad_lines,
                 self.listener.name,
             )
-            self._local(R421)
+            self._local(REPLY_421)
             self._close_after_replies()
 
     def _close_after_replies(self) -> None:
@@ -407,7 +401,7 @@ class FtpSession:
                 "%s: upstream refused AUTH TLS: %d %s", self.address, reply.code, reply.text
             )
             self.relay.upstream_hold = None
-            self.relay.send_client(R421)
+            self.relay.send_client(REPLY_421)
             self.relay.close(Outcome.ERROR)
             return
         self.relay.start_upstream_tls(context, self._flush_local)
@@ -435,7 +429,7 @@ class FtpSession:
             log.info("%s: sign-on failed for %r on %s", self.address, user, self.listener.name)
             self.listener.sink.login(Login(self.listener.name, self.address, user, False, now))
             if self._count_failure(now):
-                self._local(R421)
+                self._local(REPLY_421)
                 self._close_after_replies()
 
     def _count_failure(self, now: float) -> bool:
@@ -519,9 +513,6 @@ class FtpSession:
         """The session is over: stop any data channel."""
         if self.data is not None:
             self.data.close()
-
-    def outcome_text(self) -> str | None:
-        return self.outcome
 
 
 def _no_pool(port: int) -> None:

@@ -25,7 +25,7 @@ from gatekeeper.ftp import tls
 from gatekeeper.ftp.data import PortPool
 from gatekeeper.ftp.session import FtpSession
 from gatekeeper.net.limits import AddressLimits
-from gatekeeper.net.proxyproto import NEED_DATA, ProxyParser
+from gatekeeper.net.proxyproto import NEED_DATA, V1_PREFIX, V2_SIGNATURE, ProxyParser
 from gatekeeper.net.relay import EARLY_LIMIT, HIGH_WATER, LOW_WATER, REPLY_421, Relay
 from gatekeeper.rules.engine import RuleSet
 from gatekeeper.rules.model import Reason
@@ -34,7 +34,6 @@ from gatekeeper.settings import ListenerSettings, Mode, Protocol, RejectStyle, n
 log = logging.getLogger(__name__)
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
-_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 # How often per-address rate history is pruned of addresses that went quiet.
 _PRUNE_INTERVAL = 10.0
 
@@ -48,7 +47,7 @@ class Gate(TypingProtocol):
 
 def _is_proxy_header(first: bytes) -> bool:
     """Does a client's first chunk carry a PROXY header (v1 line or v2 signature)?"""
-    return first.startswith(b"PROXY ") or (len(first) >= 6 and _V2_SIGNATURE.startswith(first[:12]))
+    return first.startswith(V1_PREFIX) or (len(first) >= 6 and V2_SIGNATURE.startswith(first[:12]))
 
 
 class FrontProtocol(asyncio.Protocol):

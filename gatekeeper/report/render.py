@@ -73,6 +73,11 @@ _DETAIL_COLUMNS = (
 )
 
 
+def _location_cells(loc: Location) -> tuple[str | None, str, str | None, str | None]:
+    """The location columns every CSV row starts with."""
+    return loc.country, loc.country_name, loc.region, loc.city
+
+
 def render_csv(report: Report) -> str:
     """Summary: one row per location. Detail: one row per entry, with its location.
 
@@ -85,10 +90,7 @@ def render_csv(report: Report) -> str:
             writer.writerow(
                 _cell(v)
                 for v in (
-                    loc.country,
-                    loc.country_name,
-                    loc.region,
-                    loc.city,
+                    *_location_cells(loc),
                     loc.addresses,
                     loc.attempts,
                     loc.latitude,
@@ -103,10 +105,7 @@ def render_csv(report: Report) -> str:
             writer.writerow(
                 _cell(v)
                 for v in (
-                    loc.country,
-                    loc.country_name,
-                    loc.region,
-                    loc.city,
+                    *_location_cells(loc),
                     e.listener,
                     e.address,
                     _local(e.first),
