@@ -2,14 +2,15 @@
 
 pyftpdlib serves a file (sendfile) from its own process; curl (C) downloads it to
 /dev/null, first straight from the upstream, then through gatekeeper, alternating, in one
-run. Prints MB/s of each and the ratio.
+run. Prints MB/s of each and the ratio. Target: through gatekeeper at least 0.8 x direct.
 
-    .venv/bin/python -m benchmarks.bench_ftp [--size-mb 512] [--rounds 3]
+    .venv/bin/python -m benchmarks.bench_ftp [--size-mb 512] [--rounds 3] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import free_port, median, spawn, stop, wait_port
+from benchmarks.common import free_port, median, spawn, stop, target, wait_port
+
+LIMIT = 0.8
 
 
 def download(port: int, size: int) -> float:
@@ -39,6 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     size = args.size_mb * 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="gk-ftp-bench") as tmp:
@@ -77,6 +81,12 @@ def main() -> int:
             stop(gate)
             stop(upstream)
     d, g = median(direct), median(through)
+    if args.json:
+        goal = target("FTP passive download: gatekeeper vs direct", g, d, "MB/s", LIMIT,
+                      higher=True)  # fmt: skip
+        rows = [{"server": "direct", "mb_per_s": d}, {"server": "gatekeeper", "mb_per_s": g}]
+        print(json.dumps({"rows": rows, "targets": [goal]}))
+        return 0
     print(f"FTP passive download of {args.size_mb} MiB, curl, median of {args.rounds}")
     print(f"{'direct from pyftpdlib':28} {d:9.0f} MB/s")
     print(f"{'through gatekeeper':28} {g:9.0f} MB/s   ratio {g / d:.2f}")

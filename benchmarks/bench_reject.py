@@ -1,110 +1,112 @@
-"""Rejected connections per second and server CPU per rejected connection.
+"""Rejecting: server CPU per rejected connection and connections per second.
 
-gatekeeper (100,000 deny networks loaded, recording on) against, in the same run, a minimal
-asyncio server that accepts and closes — the floor any Python server sits on. Prints a
-table with the ratio gatekeeper / baseline for each rejection style.
+For each rejection style (close, reset, a 421 line) gatekeeper (100,000 deny networks,
+recording on) is measured against the C baseline server doing the same thing, in the same
+run, with the same C load generator; HAProxy (``tcp-request connection reject``, an RST)
+and nginx's stream module (``deny all``, a close) are measured beside them.
 
-    .venv/bin/python -m benchmarks.bench_reject [--count 20000] [--loop uvloop|asyncio]
+Targets: gatekeeper's CPU per connection at most 1.3 x the C baseline of the same style;
+its connections per second at least HAProxy's.
+
+    .venv/bin/python -m benchmarks.bench_reject [--count 30000] [--rounds 3] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import random
+import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-import yaml
+from benchmarks import cprogs
+from benchmarks.common import median, print_targets, target
+from benchmarks.subjects import Subject, start_gatekeeper, start_haproxy, start_nginx
 
-from benchmarks.common import cpu_seconds, free_port, hammer, median, spawn, stop, wait_port
-
-RULES = 100_000
-
-
-def write_config(workdir: Path, port: int, style: str) -> Path:
-    rng = random.Random(7)
-    nets = sorted({f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.0/24"
-                   for _ in range(RULES + 5000)})[:RULES]  # fmt: skip
-    (workdir / "drop.txt").write_text("# generated\n" + "\n".join(nets) + "\n")
-    (workdir / "rules.yaml").write_text(
-        yaml.safe_dump({"default": "deny", "deny": [{"file": "drop.txt"}], "allow": ["10.0.0.0/8"]})
-    )
-    config = {
-        "database": "var/bench.db",
-        "rules": ["rules.yaml"],
-        "listeners": [{
-            "name": "bench", "protocol": "ftp" if style == "reply" else "tcp",
-            "listen": f"127.0.0.1:{port}", "upstream": "127.0.0.1:9", "reject": style,
-        }],
-    }  # fmt: skip
-    path = workdir / "gatekeeper.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+STYLES = ("close", "reset", "reply")
+CPU_LIMIT = 1.3
 
 
-def measure(pid: int, port: int, count: int, concurrency: int) -> tuple[float, float]:
-    """(connections per second, server CPU µs per connection) over ``count`` connections."""
-    hammer("127.0.0.1", port, min(2000, count // 10), concurrency)  # warm up
-    cpu0 = cpu_seconds(pid)
-    done, wall = hammer("127.0.0.1", port, count, concurrency)
-    cpu = cpu_seconds(pid) - cpu0
-    return done / wall, cpu / done * 1e6
+def measure(subject: Subject, count: int, concurrency: int, rounds: int) -> dict[str, float]:
+    """Median connections/s and server CPU µs per connection over ``rounds`` floods."""
+    flood = ("flood", "127.0.0.1", str(subject.port), "--concurrency", str(concurrency))
+    cprogs.run_loadgen(*flood, "--count", str(min(3000, count)))  # warm-up
+    rates, cpus = [], []
+    for _ in range(rounds):
+        cpu0 = subject.cpu()
+        result = cprogs.run_loadgen(*flood, "--count", str(count))
+        done = result["connections"] - result["errors"]
+        if done <= 0:
+            raise RuntimeError(f"{subject.name}: no connection completed: {result}")
+        cpus.append((subject.cpu() - cpu0) / done * 1e6)
+        rates.append(result["rate"])
+    return {"rate": median(rates), "cpu_us": median(cpus)}
 
 
-def run_gatekeeper(
-    style: str, count: int, concurrency: int, loop: str, rounds: int
-) -> list[tuple[float, float]]:
-    with tempfile.TemporaryDirectory(prefix="gk-bench") as tmp:
-        port = free_port()
-        config = write_config(Path(tmp), port, style)
-        env = dict(os.environ)
-        if loop == "asyncio":
-            env["GATEKEEPER_LOOP"] = "asyncio"
-        proc = spawn(
-            [sys.executable, "-m", "gatekeeper", "run", "-c", str(config)], env=env, cwd=tmp
-        )
+def run(count: int, concurrency: int, rounds: int) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+    # Connections that get through HAProxy and nginx go nowhere: they are all rejected.
+    with tempfile.TemporaryDirectory(prefix="gk-bench-reject") as tmp:
+        work = Path(tmp)
+        for style in STYLES:
+            proc, port = cprogs.start_baseline(style)
+            try:
+                base = measure(Subject(f"C {style}", proc, port), count, concurrency, rounds)
+            finally:
+                cprogs.stop(proc)
+            gate = start_gatekeeper(
+                work / f"gk-{style}", 9, protocol="ftp" if style == "reply" else "tcp",
+                admit_loopback=False, reject=style,
+            )  # fmt: skip
+            try:
+                mine = measure(gate, count, concurrency, rounds)
+            finally:
+                gate.stop()
+            rows.append({"style": style, "server": "C baseline", **base})
+            rows.append({"style": style, "server": "gatekeeper", **mine})
+            targets.append(
+                target(f"reject {style}: CPU per connection vs C baseline", mine["cpu_us"],
+                       base["cpu_us"], "µs", CPU_LIMIT, higher=False)
+            )  # fmt: skip
+        haproxy = start_haproxy(work / "haproxy", 9, reject=True)
         try:
-            wait_port("127.0.0.1", port, timeout=60)
-            return [measure(proc.pid, port, count, concurrency) for _ in range(rounds)]
+            hap = measure(haproxy, count, concurrency, rounds)
         finally:
-            stop(proc)
-
-
-def run_baseline(
-    style: str, count: int, concurrency: int, loop: str, rounds: int
-) -> list[tuple[float, float]]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "benchmarks.baseline_server", "--port", str(port), "--loop", loop]
-    if style == "reply":
-        cmd.append("--reply")
-    proc = spawn(cmd)
-    try:
-        wait_port("127.0.0.1", port)
-        return [measure(proc.pid, port, count, concurrency) for _ in range(rounds)]
-    finally:
-        stop(proc)
+            haproxy.stop()
+        nginx = start_nginx(work / "nginx", 9, reject=True)
+        try:
+            ngx = measure(nginx, count, concurrency, rounds)
+        finally:
+            nginx.stop()
+    rows.append({"style": "reset", "server": "HAProxy", **hap})
+    rows.append({"style": "close", "server": "nginx stream", **ngx})
+    gk_rate = min(r["rate"] for r in rows if r["server"] == "gatekeeper")
+    targets.append(
+        target("reject: connections/s (slowest style) vs HAProxy", gk_rate, hap["rate"],
+               "conn/s", 1.0, higher=True)
+    )  # fmt: skip
+    return {"rows": rows, "targets": targets}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=20_000, help="connections per round")
+    parser.add_argument("--count", type=int, default=30_000, help="connections per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    parser.add_argument("--styles", default="close,reply,reset")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    print(f"{args.count} connections x {args.rounds} rounds, concurrency {args.concurrency}, "
-          f"loop {args.loop}, {RULES} rules; medians")  # fmt: skip
-    print(f"{'style':8} {'server':22} {'conn/s':>9} {'CPU µs/conn':>12} {'CPU ratio':>10}")
-    for style in args.styles.split(","):
-        base = run_baseline(style, args.count, args.concurrency, args.loop, args.rounds)
-        gate = run_gatekeeper(style, args.count, args.concurrency, args.loop, args.rounds)
-        b_rate, b_cpu = median([x[0] for x in base]), median([x[1] for x in base])
-        g_rate, g_cpu = median([x[0] for x in gate]), median([x[1] for x in gate])
-        print(f"{style:8} {'baseline accept+close':22} {b_rate:9.0f} {b_cpu:12.1f} {'1.00':>10}")
-        print(f"{style:8} {'gatekeeper':22} {g_rate:9.0f} {g_cpu:12.1f} {g_cpu / b_cpu:10.2f}")
+    result = run(args.count, args.concurrency, args.rounds)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.count} connections x {args.rounds} rounds, concurrency {args.concurrency}; "
+          "medians")  # fmt: skip
+    print(f"{'style':7} {'server':14} {'conn/s':>9} {'CPU µs/conn':>12}")
+    for r in result["rows"]:
+        print(f"{r['style']:7} {r['server']:14} {r['rate']:9.0f} {r['cpu_us']:12.1f}")
+    print_targets(result["targets"])
     return 0
 
 

@@ -1,8 +1,7 @@
-"""Shared pieces for benchmarks: process CPU time, a baseline server, an async load client."""
+"""Shared pieces for benchmarks: process CPU time, ports, processes, medians, targets."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import statistics
@@ -51,51 +50,25 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-async def _hammer(host: str, port: int, count: int, concurrency: int, header: bytes | None) -> int:
-    """Open ``count`` connections, ``concurrency`` at a time; read each until closed."""
-    done = 0
-    next_i = 0
-
-    async def worker() -> None:
-        nonlocal done, next_i
-        while next_i < count:
-            next_i += 1
-            try:
-                reader, writer = await asyncio.open_connection(host, port)
-            except ConnectionResetError:
-                done += 1  # reset during the handshake: rejected all the same
-                continue
-            except OSError:
-                continue
-            try:
-                if header is not None:
-                    writer.write(header)
-                await reader.read()
-            except ConnectionResetError:
-                pass  # a reset is how the "reset" style rejects
-            finally:
-                writer.close()
-            done += 1
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done
-
-
-def hammer(
-    host: str, port: int, count: int, concurrency: int = 32, header: bytes | None = None
-) -> tuple[int, float]:
-    """Run the load; returns (connections completed, wall seconds)."""
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        start = time.perf_counter()
-        done = runner.run(_hammer(host, port, count, concurrency, header))
-        return done, time.perf_counter() - start
-
-
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def target(
+    name: str, value: float, reference: float, unit: str, limit: float, *, higher: bool
+) -> dict[str, object]:
+    """One target as every benchmark reports it: ``value`` against ``reference`` (measured
+    in the same run, or a fixed bound), their ratio, the limit on it and the verdict."""
+    ratio = value / reference
+    return {
+        "name": name, "value": value, "reference": reference, "unit": unit, "ratio": ratio,
+        "limit": limit, "higher": higher, "pass": ratio >= limit if higher else ratio <= limit,
+    }  # fmt: skip
+
+
+def print_targets(targets: Sequence[dict[str, object]]) -> None:
+    for t in targets:
+        verdict = "PASS" if t["pass"] else "FAIL"
+        bound = ">=" if t["higher"] else "<="
+        print(f"{t['name']}: {t['value']:.1f} vs {t['reference']:.1f} {t['unit']}, "
+              f"ratio {t['ratio']:.2f} (target {bound} {t['limit']}) {verdict}")  # fmt: skip
