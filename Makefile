@@ -9,7 +9,7 @@ CONFIG ?= config/gatekeeper.yaml
 # Programs the tests drive as real peers, installed from Debian's packages when missing.
 SYSTEM_TOOLS ?= curl chromium
 
-.PHONY: run test check lint typecheck system-deps systemd-analyze install clean
+.PHONY: run test bench check lint typecheck system-deps systemd-analyze install clean
 
 $(BIN)/gatekeeper: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ system-deps:
 test: $(BIN)/gatekeeper system-deps systemd-analyze lint typecheck
 	$(BIN)/gatekeeper check -c $(CONFIG)
 	$(BIN)/pytest -q
+
+## gatekeeper against HAProxy, nginx, socat and C baselines: one table of targets (~15 min).
+## Installs HAProxy, socat and nginx's stream module from Debian when missing.
+bench: $(BIN)/gatekeeper
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m benchmarks.run_all
 
 ## systemd-analyze, for the tests of the units in systemd/ (verify, security): Debian's
 ## systemd package, installed only when the program is missing (nothing is started).

@@ -3,8 +3,9 @@
 The upstream is the C ``baseline banner`` server; the client is ``loadgen latency``. Each
 round measures, in turn, the upstream directly, HAProxy, nginx's stream module, socat and
 gatekeeper (a Telnet/TCP listener, 100,000 deny networks, recording on); gatekeeper's FTP
-listener, whose banner passes the FTP inspector, is shown too. Medians over the rounds of
-each subject's p50 and p99.
+listener, whose banner passes the FTP inspector, is shown too, and so is the "Python
+floor" (``floor_proxy.py``: accept, connect, copy, nothing else, on the same event loop).
+Medians over the rounds of each subject's p50 and p99.
 
 Target: gatekeeper's p50 and p99 at most 1.15 x HAProxy's.
 
@@ -25,6 +26,7 @@ from benchmarks import cprogs
 from benchmarks.common import median, print_targets, target
 from benchmarks.subjects import (
     Subject,
+    start_floor,
     start_gatekeeper,
     start_haproxy,
     start_nginx,
@@ -35,7 +37,10 @@ LIMIT = 1.15
 
 
 def latency(port: int, count: int) -> dict[str, Any]:
-    return cprogs.run_loadgen("latency", "127.0.0.1", str(port), "--count", str(count))
+    # Each connection ends with an RST: no TIME_WAIT piles up to slow the next subject's
+    # connect() calls (the measured interval, connect to first byte, is the same).
+    args = ("latency", "127.0.0.1", str(port), "--count", str(count), "--close", "reset")
+    return cprogs.run_loadgen(*args)
 
 
 def run(count: int, rounds: int) -> dict[str, Any]:
@@ -48,6 +53,7 @@ def run(count: int, rounds: int) -> dict[str, Any]:
                 "HAProxy": lambda: start_haproxy(work / "haproxy", up_port),
                 "nginx stream": lambda: start_nginx(work / "nginx", up_port),
                 "socat": lambda: start_socat(work / "socat", up_port),
+                "Python floor": lambda: start_floor(work / "floor", up_port),
                 "gatekeeper": lambda: start_gatekeeper(work / "gk", up_port),
                 "gatekeeper (FTP listener)": lambda: start_gatekeeper(
                     work / "gk-ftp", up_port, protocol="ftp"

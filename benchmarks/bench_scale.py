@@ -5,7 +5,8 @@
    through gatekeeper). The daemon's RSS before and with them open gives the memory per
    session; ``loadgen latency`` measures the next client's connect → banner before and
    while they are open.
-2. Flood: ``loadgen flood`` from 127.0.0.2 (denied by the rules) at full speed while
+2. Flood: ``loadgen flood`` from 127.0.0.2 (denied by the rules), open loop at 10,000
+   connections a second (as a flood from outside comes, whatever the server's speed), while
    ``loadgen latency`` from 127.0.0.1 (let through) measures a legitimate client's connect
    → banner; compared with the same measurement without the flood.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,16 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cprogs
+from benchmarks.bench_latency import latency
 from benchmarks.common import print_targets, target
 from benchmarks.subjects import Subject, start_gatekeeper
 
 SESSION_KB = 20.0
 UNCHANGED = 1.2
 FLOOD_P99 = 2.0
-
-
-def latency(port: int, count: int) -> dict[str, Any]:
-    return cprogs.run_loadgen("latency", "127.0.0.1", str(port), "--count", str(count))
 
 
 def idle_sessions(gate: Subject, sessions: int, count: int) -> dict[str, Any]:
@@ -58,9 +57,9 @@ def idle_sessions(gate: Subject, sessions: int, count: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def flood(gate: Subject, count: int, flood_count: int) -> dict[str, Any]:
+def flood(gate: Subject, count: int, flood_count: int, rate: int) -> dict[str, Any]:
     quiet = latency(gate.port, count)
-    args = ("flood", "127.0.0.1", str(gate.port), "--count", str(flood_count))
+    args = ("flood", "127.0.0.1", str(gate.port), "--count", str(flood_count), "--rate", str(rate))
     flooder = subprocess.Popen(
         [str(cprogs.build("loadgen")), *args, "--concurrency", "100", "--bind", "127.0.0.2"],
         stdout=subprocess.PIPE,
@@ -76,7 +75,17 @@ def flood(gate: Subject, count: int, flood_count: int) -> dict[str, Any]:
     return {"quiet": quiet, "flood": during, "flooder": json.loads(out)}
 
 
-def run(sessions: int, count: int, flood_count: int) -> dict[str, Any]:
+def most_sessions(wanted: int) -> int:
+    """``wanted``, or fewer when the hard limit on file descriptors (which no process here
+    can raise) cannot hold them: each session is two descriptors in gatekeeper."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return wanted
+    return min(wanted, (hard - 100) // 2)
+
+
+def run(sessions: int, count: int, flood_count: int, rate: int) -> dict[str, Any]:
+    sessions = most_sessions(sessions)
     upstream, up_port = cprogs.start_baseline("banner")
     try:
         with tempfile.TemporaryDirectory(prefix="gk-bench-scale") as tmp:
@@ -90,7 +99,7 @@ def run(sessions: int, count: int, flood_count: int) -> dict[str, Any]:
                 gate.stop()
             gate = start_gatekeeper(work / "gk", up_port, protocol="telnet", deny=("127.0.0.2",))
             try:
-                storm = flood(gate, count, flood_count)
+                storm = flood(gate, count, flood_count, rate)
             finally:
                 gate.stop()
     finally:
@@ -114,9 +123,10 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--count", type=int, default=3000, help="latency samples")
     parser.add_argument("--flood", type=int, default=200_000, help="flood connections (max)")
+    parser.add_argument("--rate", type=int, default=10_000, help="flood connections per second")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    result = run(args.sessions, args.count, args.flood)
+    result = run(args.sessions, args.count, args.flood, args.rate)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -203,3 +203,16 @@ def start_socat(workdir: Path, upstream: int, *, bufsize: int = 8192) -> Subject
         stderr=subprocess.PIPE,
     )
     return _started(f"socat {bufsize // 1024}k", proc, port, workdir)
+
+
+# -- the Python floor -------------------------------------------------------------------
+def start_floor(workdir: Path, upstream: int) -> Subject:
+    """``benchmarks/floor_proxy.py``: the least a Python proxy on uvloop can do."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.floor_proxy", str(port), str(upstream)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return _started("Python floor", proc, port, workdir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sqlite3
 import time
@@ -85,6 +86,7 @@ class App:
     # -- start and stop -----------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        _raise_fd_limit()
         await self.recorder.start()
         self.eventlog.start()
         marker = await self._restore_bans()
@@ -391,3 +393,14 @@ class App:
 
     def _status(self) -> str:
         return "listening: " + " ".join(f"{x.name}={x.address}" for x in self.listeners.values())
+
+
+def _raise_fd_limit() -> None:
+    """Every session holds two descriptors: take the whole hard limit (as HAProxy and nginx
+    do), not the soft 1,024 a shell or unit starts with."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    log.info("file descriptors: up to %d (about %d sessions)", soft, max(0, soft - 64) // 2)

@@ -3,17 +3,24 @@
  *
  * Usage: loadgen SUBCOMMAND HOST PORT [options]
  *
- *   flood   --count N --concurrency C [--proxy v1] [--timeout S]
+ *   flood   --count N --concurrency C [--rate R] [--proxy v1] [--timeout S]
  *       N connections, C connects in flight (epoll).  Each connects, writes the
  *       PROXY v1 header if asked, then reads and discards until the server
  *       closes (EOF: "closed") or resets ("reset").  Refusals and other
  *       failures count as "errors" (and toward N).
  *       {"connections", "closed", "reset", "errors", "seconds", "rate"}
+ *       --rate R: open loop, connection i starts at i / R seconds (at most C
+ *       in flight still), as a flood from outside comes whatever the server's
+ *       speed; without it a new connection starts as soon as one ends.
  *       SIGTERM or SIGINT ends a flood early: it prints what it did, exits 0.
  *
- *   latency --count N [--interval-us U] [--proxy v1 [--src A.B.C.D]] [--timeout S]
+ *   latency --count N [--interval-us U] [--close fin|reset] [--proxy v1 [--src A.B.C.D]] [--timeout S]
  *       One blocking connection at a time: time from just before connect() to
  *       the first byte received (the banner), then a normal close; sleep U µs.
+ *       --close reset ends each connection with an RST instead (no TIME_WAIT
+ *       piles up on any side: tens of thousands of sockets in TIME_WAIT make
+ *       every later connect() search longer for a free port, which would
+ *       penalise whichever subject a benchmark measures last).
  *       The first 5% of the samples (at least 20, at most half) are warm-up
  *       and discarded; "count" is the samples kept.  Percentiles: nearest rank.
  *       {"count", "warmup", "p50_us", "p90_us", "p99_us", "mean_us", "max_us", "errors"}
@@ -73,9 +80,10 @@
 #define MAX_ERR_MSGS 5         /* per run, so a dead server cannot flood stderr */
 
 static struct {
-    long long count, concurrency, interval_us, bytes, streams, hold;
+    long long count, concurrency, interval_us, bytes, streams, hold, rate;
     double timeout;
     int proxy;
+    int reset;
     const char *src;
 } opt = { .count = -1, .concurrency = -1, .interval_us = 0, .bytes = -1, .streams = -1,
           .hold = 600, .timeout = 60, .proxy = 0, .src = NULL };
@@ -291,10 +299,19 @@ static struct {
     long long launched, done, closed, reset, errors;
 } fl;
 
+static double flood_t0;
+
+/* With --rate: may another connection start now?  (Open loop: connection i starts at
+ * t0 + i / rate, however fast the server is, as a flood from outside would.) */
+static int flood_due(void)
+{
+    return opt.rate <= 0 || (double)fl.launched < (now_s() - flood_t0) * (double)opt.rate;
+}
+
 static void flood_launch(struct flood_slot *s, uint32_t slot)
 {
     s->fd = -1;
-    while (fl.launched < opt.count) {
+    while (fl.launched < opt.count && flood_due()) {
         s->idx = fl.launched++;
         s->connected = 0;
         int fd = start_connect(slot);
@@ -380,15 +397,22 @@ static int run_flood(void)
     if (ep_set(EPOLL_CTL_ADD, sfd, EPOLLIN, FLOOD_SIGNAL) != 0)
         exit(1);
     double t0 = now_s(), deadline = t0 + opt.timeout;
+    flood_t0 = t0;
     for (long long i = 0; i < nslots; i++)
         flood_launch(&slots[i], (uint32_t)i);
     int timed_out = 0, stopped = 0;
     while (fl.done < opt.count && !stopped) {
-        if (now_s() >= deadline) {
+        double now = now_s();
+        if (now >= deadline) {
             timed_out = 1;
             break;
         }
-        int n = epoll_wait_retry(evs, deadline);
+        if (opt.rate > 0)  /* start what is due in free slots; wake up within 1 ms */
+            for (long long i = 0; i < nslots && flood_due(); i++)
+                if (slots[i].fd < 0)
+                    flood_launch(&slots[i], (uint32_t)i);
+        int n = epoll_wait_retry(evs, opt.rate > 0 && now + 0.001 < deadline ? now + 0.001
+                                                                             : deadline);
         for (int i = 0; i < n; i++) {
             if (evs[i].data.u64 == FLOOD_SIGNAL) {
                 stopped = 1;
@@ -488,6 +512,11 @@ static long long latency_one(long long i, double deadline)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     result = ns_between(t0, t1);
 out:
+    if (opt.reset) {
+        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+        if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0)
+            perror("setsockopt SO_LINGER");
+    }
     close(fd);
     return result;
 }
@@ -859,9 +888,10 @@ static int run_idle(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen flood HOST PORT --count N --concurrency C [--proxy v1] [--timeout S]\n"
+            "usage: loadgen flood HOST PORT --count N --concurrency C [--rate R] [--proxy v1] "
+            "[--timeout S]\n"
             "       (every subcommand also takes --bind ADDR: connect from that address)\n"
-            "       loadgen latency HOST PORT --count N [--interval-us U] "
+            "       loadgen latency HOST PORT --count N [--interval-us U] [--close fin|reset] "
             "[--proxy v1 [--src A.B.C.D]] [--timeout S]\n"
             "       loadgen bulk HOST PORT --bytes B --streams S [--proxy v1] [--timeout S]\n"
             "       loadgen idle HOST PORT --count N [--hold-seconds H] [--proxy v1] "
@@ -898,6 +928,8 @@ int main(int argc, char **argv)
             opt.bytes = parse_ll(val);
         else if (strcmp(name, "--streams") == 0)
             opt.streams = parse_ll(val);
+        else if (strcmp(name, "--rate") == 0)
+            opt.rate = parse_ll(val);
         else if (strcmp(name, "--hold-seconds") == 0)
             opt.hold = parse_ll(val);
         else if (strcmp(name, "--timeout") == 0) {
@@ -909,6 +941,11 @@ int main(int argc, char **argv)
             if (strcmp(val, "v1") != 0)
                 usage();
             opt.proxy = 1;
+        } else if (strcmp(name, "--close") == 0) {
+            if (strcmp(val, "reset") == 0)
+                opt.reset = 1;
+            else if (strcmp(val, "fin") != 0)
+                usage();
         } else if (strcmp(name, "--bind") == 0) {
             resolve_source(val);
         } else if (strcmp(name, "--src") == 0) {

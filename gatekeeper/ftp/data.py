@@ -9,20 +9,30 @@ upstream's connection (from the upstream host only) is spliced to the client's a
 
 A channel closes its listening socket when its connection is made, when the session asks
 for a new one, when the session ends, or after ``ACCEPT_TIMEOUT``.
+
+The listening socket is watched with the loop's ``add_reader`` and connections are taken
+with ``accept()``: nothing is read from one before it is admitted (a trusted PROXY sender's
+header excepted), so a refused connection costs no transport. In plain FTP, the common
+case, the other end is connected with ``sock_connect`` and a ``Pump`` moves the bytes
+between the two raw sockets, splicing bulk transfers in the kernel. With TLS on either end
+(PROT P), both ends become asyncio transports and ``Splice`` relays between them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from gatekeeper.errors import ProtocolError
-from gatekeeper.net.proxyproto import NEED_DATA, ProxyParser
+from gatekeeper.net.proxyproto import MAX_HEADER, NEED_DATA, ProxyParser
+from gatekeeper.net.pump import Pump
 from gatekeeper.net.relay import HIGH_WATER, LOW_WATER  # the same bound as the control relay
 from gatekeeper.settings import sockaddr_host
 
@@ -30,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # A client that asked for a data port but never connects: the port goes back to the pool.
 ACCEPT_TIMEOUT = 60.0
+# Connections taken from a listening socket per readiness callback (the rest wait a turn).
+ACCEPT_BATCH = 16
 
 
 class PortPool:
@@ -87,7 +99,8 @@ def _listen(family: socket.AddressFamily, host: str, port: int) -> socket.socket
 
 
 class Splice:
-    """Bytes both ways between two data connections, with flow control and half-close."""
+    """Bytes both ways between two TLS-capable data transports, with flow control and
+    half-close (plain data connections use a ``Pump`` instead)."""
 
     def __init__(self, on_done: Callable[[Splice], None]) -> None:
         self.sides: list[_Side] = []
@@ -114,6 +127,9 @@ class Splice:
                 self._eof_from(side)
             assert side.transport is not None
             side.transport.resume_reading()
+        for side in self.sides:
+            if side.gone:  # lost while the other end was being connected
+                self._lost_side(side, side.gone_exc)
 
     def other(self, side: _Side) -> _Side:
         return self.sides[1 - side.index]
@@ -166,6 +182,8 @@ class _Side(asyncio.Protocol):
         self.early = bytearray()
         self.early_eof = False
         self.started = False
+        self.gone = False  # connection lost before the splice started
+        self.gone_exc: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -195,8 +213,10 @@ class _Side(asyncio.Protocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.splice is not None:
+        if self.splice is not None and self.started:
             self.splice._lost_side(self, exc)
+        else:
+            self.gone, self.gone_exc = True, exc
 
     def pause_writing(self) -> None:
         if self.splice is not None and len(self.splice.sides) == 2:
@@ -243,49 +263,95 @@ class DataChannel:
         self.upstream_tls = upstream_tls
         self.upstream_hostname = upstream_hostname
         self.loop = asyncio.get_running_loop()
-        self.server: asyncio.Server | None = None
-        self.splice: Splice | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.pump: Pump | None = None  # plain: the bytes move in a pump
+        self.splice: Splice | None = None  # TLS on either end: through transports
+        self.task: asyncio.Task[None] | None = None  # connecting the other end
         self.closed = False
+        self.admitted = False  # a connection was taken: the listening socket is gone
         self.port: int = sock.getsockname()[1]
+        self._listening = True
+        self._reported = False
+        # While connecting: sockets not yet handed to a pump or a transport, and the TLS
+        # sides made so far; what ``_abandon`` lets go of if the connecting fails.
+        self._owned: list[socket.socket] = []
+        self._sides: tuple[_Side, ...] = ()
+        # Connections from a trusted PROXY sender whose header has not all come yet.
+        self._headers: dict[socket.socket, tuple[ProxyParser, str]] = {}
         self._timer = self.loop.call_later(ACCEPT_TIMEOUT, self._accept_timeout)
-        self._serve = self.loop.create_task(self._start_server())
+        self.loop.add_reader(sock.fileno(), self._accept)
 
-    async def _start_server(self) -> None:
-        # A passive port that must speak TLS to the client does so from the accept on: the
-        # client may send its ClientHello at once, and (under uvloop) bytes can reach a
-        # plain protocol before a later start_tls() could take them.
-        tls = self.client_tls if self.client_side else None
-        self.server = await self.loop.create_server(
-            self._protocol, sock=self.sock, ssl=tls,
-            ssl_handshake_timeout=ACCEPT_TIMEOUT if tls is not None else None,
-        )  # fmt: skip
+    @property
+    def plain(self) -> bool:
+        """No TLS on either end: the data moves in a pump, not through transports."""
+        return self.client_tls is None and self.upstream_tls is None
 
-    def _protocol(self) -> asyncio.Protocol:
-        return _Accepted(self)
+    # -- accepting ------------------------------------------------------------------------
+    def _accept(self) -> None:
+        """The listening socket is readable: take what came (nothing is read from it yet)."""
+        for _ in range(ACCEPT_BATCH):
+            if not self._listening:
+                return
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # out of file descriptors: this transfer fails
+                log.warning(
+                    "%s: cannot accept on data port %d: %s", self.owner.address, self.port, exc
+                )
+                self.close()
+                return
+            conn.setblocking(False)
+            peer = sockaddr_host(addr)
+            if self.client_side and self.client_tls is None and self.owner.proxy_trusted(peer):
+                # From our PROXY sender: its header says who the client is (like with like).
+                self._headers[conn] = (ProxyParser(), peer)
+                self.loop.add_reader(conn.fileno(), self._header_data, conn)
+            else:
+                self.admit(conn, peer, claimed=False)
 
-    def _accept_timeout(self) -> None:
-        if self.splice is None:
-            log.info("%s: data connection on port %d never came", self.owner.address, self.port)
-            self.close()
-
-    def accepted(self, side: _Accepted) -> None:
-        """A connection arrived on the listening socket."""
-        assert side.transport is not None
-        peer = sockaddr_host(side.transport.get_extra_info("peername"))
-        if self.client_side and self.client_tls is None and self.owner.proxy_trusted(peer):
-            # From our PROXY sender: its header says who the client is (like with like).
-            side.proxy = ProxyParser()
-            side.peer = peer
-            side.transport.resume_reading()
+    def _header_data(self, conn: socket.socket) -> None:
+        parser, peer = self._headers[conn]
+        try:
+            data = conn.recv(MAX_HEADER)
+        except (BlockingIOError, InterruptedError):
             return
-        self.admit(side, peer, claimed=False)
+        except OSError:
+            data = b""
+        if not data:  # gone before its header was complete
+            self._drop_header(conn)
+            return
+        parser.receive_data(data)
+        try:
+            header = parser.next_event()
+        except ProtocolError as exc:
+            log.warning("%s: bad PROXY header on a data connection: %s", peer, exc)
+            self._drop_header(conn)
+            return
+        if header is NEED_DATA:
+            return
+        self._forget_header(conn)
+        if header.local or header.source is None:
+            self.admit(conn, peer, claimed=False, early=parser.trailing)
+        else:
+            self.admit(conn, sockaddr_host(header.source), claimed=True, early=parser.trailing)
 
-    def admit(self, side: _Side, address: str, *, claimed: bool) -> None:
-        """Splice the connection if it comes from the right address, else refuse it."""
-        assert side.transport is not None
-        if self.splice is not None or self.closed:
-            side.transport.abort()
+    def _forget_header(self, conn: socket.socket) -> None:
+        self.loop.remove_reader(conn.fileno())
+        del self._headers[conn]
+
+    def _drop_header(self, conn: socket.socket) -> None:
+        self._forget_header(conn)
+        _reset(conn)
+
+    def admit(
+        self, conn: socket.socket, address: str, *, claimed: bool, early: bytes = b""
+    ) -> None:
+        """Take the connection if it comes from the right address, else refuse it (reset)."""
+        if self.admitted or self.closed:
+            _reset(conn)
             return
         expect = None if self.expect is None else self.expect[1 if claimed else 0]
         if expect is not None and address != expect:
@@ -293,58 +359,99 @@ class DataChannel:
                 "%s: data connection from foreign address %s refused (port %d)",
                 self.owner.address, address, self.port,
             )  # fmt: skip
-            side.transport.abort()
+            _reset(conn)
             return
+        self.admitted = True
         self._stop_listening()
-        splice = self.splice = Splice(self._done)
-        self.task = self.loop.create_task(self._connect(side, splice))
+        self._owned.append(conn)
+        connect = self._connect_plain if self.plain else self._connect_tls
+        self.task = self.loop.create_task(connect(conn, early))
+        self.task.add_done_callback(self._connect_ended)
 
-    async def _connect(self, accepted: _Side, splice: Splice) -> None:
-        """Connect the other end, put TLS on the ends that need it (PROT P), then splice.
+    def _accept_timeout(self) -> None:
+        if not self.admitted:
+            log.info("%s: data connection on port %d never came", self.owner.address, self.port)
+            self.close()
 
-        gatekeeper is the TLS server toward the client and the TLS client toward the
-        upstream, whichever side opened the TCP connection (RFC 4217).
-        """
-        outgoing = _Side()
-        client, upstream = (accepted, outgoing) if self.client_side else (outgoing, accepted)
+    def _stop_listening(self) -> None:
+        self._timer.cancel()
+        if not self._listening:
+            return
+        self._listening = False
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for conn in list(self._headers):  # a PROXY sender still on its header: too late
+            self._drop_header(conn)
+        self.release(self.port)
+
+    # -- connecting the other end ---------------------------------------------------------
+    async def _connect_plain(self, accepted: socket.socket, early: bytes) -> None:
+        """Connect the other end and pump: the bytes never pass through a transport."""
         host, port = self.target
         try:
+            outgoing = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            self._owned.append(outgoing)
+            outgoing.setblocking(False)
             async with asyncio.timeout(self.owner.connect_timeout):
-                if (
-                    self.client_side
-                ):  # passive: the client is in (TLS done at accept), now the upstream
+                await self.loop.sock_connect(outgoing, (host, port))
+        except (OSError, TimeoutError) as exc:
+            self._failed(host, port, exc)
+            return
+        self.task = None
+        self._owned.clear()  # the pump's from here
+        # The client is end a (its bytes go up); in active mode it is the one we connected.
+        client, upstream = (accepted, outgoing) if self.client_side else (outgoing, accepted)
+        self.pump = Pump(self.loop, client, upstream, self._pumped, early_a=early)
+        self.pump.start()
+
+    def _pumped(self, pump: Pump, exc: Exception | None) -> None:
+        self._report(pump.bytes_ab, pump.bytes_ba)
+
+    async def _connect_tls(self, accepted: socket.socket, early: bytes) -> None:
+        """Put TLS on the ends that need it (PROT P) and splice through transports.
+
+        gatekeeper is the TLS server toward the client and the TLS client toward the
+        upstream, whichever side opened the TCP connection (RFC 4217). The accepted socket
+        goes to its transport before a byte is read from it: a client's hello sent at once
+        is the TLS layer's to read. A transport the loop makes owns its socket from the
+        call on (the loop closes it if the call fails).
+        """
+        client, upstream = self._sides = (_Side(), _Side())
+        host, port = self.target
+        try:
+            if self.client_side:  # passive: the client is in, now the upstream
+                self._owned.remove(accepted)
+                await self.loop.connect_accepted_socket(
+                    lambda: client, accepted, ssl=self.client_tls,
+                    ssl_handshake_timeout=ACCEPT_TIMEOUT if self.client_tls else None,
+                )  # fmt: skip
+                client.early += early
+                async with asyncio.timeout(self.owner.connect_timeout):
                     await self.loop.create_connection(
-                        lambda: outgoing, host, port, ssl=self.upstream_tls,
+                        lambda: upstream, host, port, ssl=self.upstream_tls,
                         server_hostname=self.upstream_hostname if self.upstream_tls else None,
                     )  # fmt: skip
-                else:  # active: the upstream is in, now the client
+            else:  # active: the upstream is in, now the client
+                async with asyncio.timeout(self.owner.connect_timeout):
+                    self._owned.remove(accepted)
                     if self.upstream_tls is not None:  # the upstream waits for our hello
-                        await self._wrap(upstream, self.upstream_tls)
-                    await self._connect_client(outgoing, host, port)
+                        await self.loop.create_connection(
+                            lambda: upstream, sock=accepted, ssl=self.upstream_tls,
+                            server_hostname=self.upstream_hostname,
+                        )  # fmt: skip
+                    else:
+                        await self.loop.connect_accepted_socket(lambda: upstream, accepted)
+                    await self._connect_client(client, host, port)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            log.warning(
-                "%s: data connection to %s:%d failed: %s",
-                self.owner.address, host, port, str(exc) or type(exc).__name__,
-            )  # fmt: skip
-            self._cut(accepted, outgoing)
-            self.splice = None
-            self.owner.data_done(self, 0, 0)
+            self._failed(host, port, exc)
             return
-        except asyncio.CancelledError:
-            self._cut(accepted, outgoing)
-            raise
-        finally:
-            self.task = None
+        self.task = None
+        self._sides = ()
+        splice = self.splice = Splice(self._spliced)
         splice.attach(client)
         splice.attach(upstream)
         client.started = upstream.started = True
         splice.start()
-
-    @staticmethod
-    def _cut(*sides: _Side) -> None:
-        for side in sides:
-            if side.transport is not None:
-                side.transport.abort()
 
     async def _connect_client(self, side: _Side, host: str, port: int) -> None:
         """Active mode: connect to the client; with PROT P be its TLS server from the first
@@ -354,37 +461,49 @@ class DataChannel:
             return
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
         try:
+            sock.setblocking(False)
             await self.loop.sock_connect(sock, (host, port))
-            await self.loop.connect_accepted_socket(lambda: side, sock, ssl=self.client_tls)
         except BaseException:
             sock.close()
             raise
+        await self.loop.connect_accepted_socket(lambda: side, sock, ssl=self.client_tls)
 
-    async def _wrap(self, side: _Side, context: ssl.SSLContext) -> None:
-        """Become the TLS client on a data connection the upstream opened (active, PROT P)."""
-        assert side.transport is not None
-        transport = await self.loop.start_tls(
-            side.transport, side, context, server_hostname=self.upstream_hostname
-        )
-        assert transport is not None
-        side.transport = transport
+    def _spliced(self, splice: Splice) -> None:
+        self._report(splice.bytes[0], splice.bytes[1])  # side 0 is the client: its bytes go up
 
-    def _done(self, splice: Splice) -> None:
-        up, down = (splice.bytes[0], splice.bytes[1])
-        self.owner.data_done(self, up, down)  # side 0 is the client: its bytes go up
+    def _failed(self, host: str, port: int, exc: BaseException) -> None:
+        log.warning(
+            "%s: data connection to %s:%d failed: %s",
+            self.owner.address, host, port, str(exc) or type(exc).__name__,
+        )  # fmt: skip
+        self._abandon()
 
-    def _stop_listening(self) -> None:
-        self._timer.cancel()
-        if self.server is not None:
-            self.server.close()  # closes the listening socket too
-            self.server = None
-        else:
-            self._serve.cancel()
-            self.sock.close()
-        self.release(self.port)
+    def _connect_ended(self, task: asyncio.Task[None]) -> None:
+        """Cancelled (the channel was closed), or a bug: let go of what the task held."""
+        self.task = None
+        if task.cancelled():
+            self._abandon()
+        elif (exc := task.exception()) is not None:
+            log.error("%s: data connection setup failed", self.owner.address, exc_info=exc)
+            self._abandon()
 
+    def _abandon(self) -> None:
+        self.task = None
+        for sock in self._owned:
+            _reset(sock)
+        self._owned.clear()
+        _cut(*self._sides)
+        self._sides = ()
+        self._report(0, 0)
+
+    def _report(self, up: int, down: int) -> None:
+        """Tell the session, once, that the channel is finished and what went through it."""
+        if not self._reported:
+            self._reported = True
+            self.owner.data_done(self, up, down)
+
+    # -- ending ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop listening and cut any transfer in progress."""
         if self.closed:
@@ -392,47 +511,26 @@ class DataChannel:
         self.closed = True
         self._stop_listening()
         if self.task is not None:
-            self.task.cancel()
-        if self.splice is not None:
-            self.splice.abort()
+            self.task.cancel()  # ``_connect_ended`` lets go of its sockets and reports
+        elif self.pump is not None:
+            self.pump.abort()  # reports from within
+        elif self.splice is not None:
+            self.splice.abort()  # reports once both transports are gone
         else:
-            self.owner.data_done(self, 0, 0)
+            self._report(0, 0)
 
 
-class _Accepted(_Side):
-    """A connection to a data channel's listening socket (maybe starting with a PROXY header)."""
+def _reset(sock: socket.socket) -> None:
+    """Close a connection we will not serve with a reset: it gets nothing, not even a FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
-    def __init__(self, channel: DataChannel) -> None:
-        super().__init__()
-        self.channel = channel
-        self.proxy: ProxyParser | None = None
-        self.peer = ""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.channel.accepted(self)
-
-    def data_received(self, data: bytes) -> None:
-        parser = self.proxy
-        if parser is None:
-            super().data_received(data)
-            return
-        parser.receive_data(data)
-        try:
-            header = parser.next_event()
-        except ProtocolError as exc:
-            log.warning("%s: bad PROXY header on a data connection: %s", self.peer, exc)
-            assert self.transport is not None
-            self.transport.abort()
-            return
-        if header is NEED_DATA:
-            return
-        self.proxy = None
-        self.early += parser.trailing
-        if header.local or header.source is None:
-            self.channel.admit(self, self.peer, claimed=False)
-        else:
-            self.channel.admit(self, sockaddr_host(header.source), claimed=True)
+def _cut(*sides: _Side) -> None:
+    for side in sides:
+        if side.transport is not None:
+            side.transport.abort()
 
 
 class DataOwner(Protocol):

@@ -1,15 +1,24 @@
-"""Accept → decide → reject or hand over to a relay.
+"""Accept → decide → reject or hand over to a session.
 
-Nothing on this path waits: the decision is a synchronous call into the current rule set,
-the record is a call into the in-memory recorder, and a rejection is one write and a close.
-A denied client never causes a connection to the upstream.
+The listener runs its own accept loop on the listening socket (a reader callback that
+accepts until the queue is empty), so a rejected client never becomes a Python socket, a
+transport or a protocol: it is a file descriptor, a decision and a close. Nothing on this
+path waits: the decision is a synchronous call into the current rule set, the record is a
+call into the in-memory recorder. A denied client never causes a connection upstream.
+
+Admitted clients go one of two ways. Telnet and plain TCP listeners hand the socket to a
+``PlainSession`` (raw sockets, splice). FTP listeners, and any listener that takes PROXY
+headers, adopt it into a transport with ``FrontProtocol`` and a ``Relay``, where the FTP
+inspector and the PROXY parser read every byte.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import socket
 import struct
 import time
@@ -25,6 +34,7 @@ from gatekeeper.ftp import tls
 from gatekeeper.ftp.data import PortPool
 from gatekeeper.ftp.session import FtpSession
 from gatekeeper.net.limits import AddressLimits
+from gatekeeper.net.plain import PlainSession
 from gatekeeper.net.proxyproto import NEED_DATA, V1_PREFIX, V2_SIGNATURE, ProxyParser
 from gatekeeper.net.relay import EARLY_LIMIT, HIGH_WATER, LOW_WATER, REPLY_421, Relay
 from gatekeeper.rules.engine import RuleSet
@@ -33,7 +43,16 @@ from gatekeeper.settings import ListenerSettings, Mode, Protocol, RejectStyle, n
 
 log = logging.getLogger(__name__)
 
+Session = Relay | PlainSession  # an accepted connection, inspected or not
+
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+_LINGER_OFF = struct.pack("ii", 0, 0)
+# Connections accepted per wakeup before other events get their turn.
+_ACCEPT_BATCH = 256
+# Out of file descriptors (or kernel memory): stop accepting this long, then try again.
+_ACCEPT_PAUSE = 0.1
+# accept() errors that concern one connection only (it went away while queued).
+_ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 # How often per-address rate history is pruned of addresses that went quiet.
 _PRUNE_INTERVAL = 10.0
 
@@ -53,10 +72,15 @@ def _is_proxy_header(first: bytes) -> bool:
 class FrontProtocol(asyncio.Protocol):
     """The client connection, from accept to close."""
 
-    __slots__ = ("early", "listener", "parser", "peer", "relay", "timer", "transport", "trusted")
+    __slots__ = (
+        "decided", "early", "listener", "parser", "peer", "relay", "timer", "transport", "trusted",
+    )  # fmt: skip
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, decided: str | None = None) -> None:
+        """``decided``: the listener's accept loop already admitted the client; the value is
+        the monitor mode's "would reject" reason ("" when there is none)."""
         self.listener = listener
+        self.decided = decided
         self.transport: asyncio.Transport | None = None
         self.relay: Relay | None = None
         self.parser: ProxyParser | None = None
@@ -77,7 +101,10 @@ class FrontProtocol(asyncio.Protocol):
                 listener.settings.timeouts.proxy_header, self._proxy_timeout
             )
             return
-        self.admit(*self.peer)
+        if self.decided is not None:
+            self.start_relay(*self.peer, self.decided or None)
+        else:
+            self.admit(*self.peer)
 
     # -- PROXY protocol -----------------------------------------------------------------
     def _proxy_timeout(self) -> None:
@@ -110,33 +137,20 @@ class FrontProtocol(asyncio.Protocol):
         else:
             self.admit(normalise_host(header.source[0]), header.source[1])
 
-    # -- the decision -------------------------------------------------------------------
+    # -- the decision ---------------------------------------------------------------------
     def admit(self, address: str, port: int) -> None:
-        """Decide for ``address`` and either reject or start the relay."""
+        """Decide for ``address`` (from a PROXY header) and either reject or start the relay."""
+        listener = self.listener
+        reason = listener.judge(address)
+        if reason is not None and not listener.monitoring:
+            self._close_rejected()
+            return
+        self.start_relay(address, port, reason)
+
+    def start_relay(self, address: str, port: int, would_reject: str | None) -> None:
         listener = self.listener
         transport = self.transport
         assert transport is not None
-        now = time.time()
-        gate = listener.gate
-        would_reject: str | None = None
-        reason: str | None
-        rule: str | None
-        if gate.bans and gate.bans.check(address, now) is not None:
-            reason, rule = Reason.BAN.value, None
-        elif not (decision := gate.ruleset.decide(address, listener.name)).allowed:
-            source = decision.source
-            reason, rule = decision.reason.value, str(source) if source is not None else None
-        elif not listener.limits.admit(address, now):
-            reason, rule = Reason.LIMIT.value, str(listener.settings.source)
-        else:
-            reason = rule = None
-        if reason is not None:
-            monitor = listener.settings.mode is Mode.MONITOR
-            listener.sink.rejected(Rejection(listener.name, address, reason, rule, now, monitor))
-            if not monitor:
-                self._close_rejected()
-                return
-            would_reject = reason
         listener.accepted += 1
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         transport.pause_reading()  # until the upstream is connected; early bytes are buffered
@@ -274,9 +288,11 @@ class Listener:
         self.ports = PortPool(settings.passive_ports)
         self.client_tls = tls.client_context(settings)
         self.upstream_tls = tls.upstream_context(settings)
-        self.relays: set[Relay] = set()
-        self.server: asyncio.Server | None = None
+        self.relays: set[Session] = set()  # open sessions
         self.sock: socket.socket | None = None
+        self.accepting = False
+        self._resume: asyncio.TimerHandle | None = None  # accepting again after EMFILE
+        self._adopting: set[asyncio.Task[None]] = set()  # sockets becoming transports
         self._prune: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -302,6 +318,8 @@ class Listener:
         """Take new settings at reload (the socket and running sessions stay)."""
         old, self.settings = self.settings, settings
         self.proxy_senders = settings.proxy_protocol
+        if settings.reject != old.reject:
+            self._set_linger()
         if settings.limits != self.limits.limits:
             self.limits.limits = settings.limits
         if settings.tls != old.tls:
@@ -326,29 +344,148 @@ class Listener:
     async def start(self, sock: socket.socket | None = None) -> None:
         """Bind (or adopt ``sock``) and start accepting."""
         self.sock = sock or bind_socket(self.settings.listen.host, self.settings.listen.port)
-        self.server = await self.loop.create_server(
-            lambda: FrontProtocol(self), sock=self.sock, backlog=socket.SOMAXCONN
-        )
+        self.sock.setblocking(False)
+        self._set_linger()
+        self._accept_on()
         self._prune = self.loop.call_later(_PRUNE_INTERVAL, self._prune_limits)
+
+    def _set_linger(self) -> None:
+        """Accepted sockets inherit the listening socket's SO_LINGER: with the reset style
+        set it there, and a rejected client's close() sends the RST with no extra call.
+        (Admitted clients get it switched off again.)"""
+        if self.sock is not None:
+            reset = self.settings.reject is RejectStyle.RESET
+            self.sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET if reset else _LINGER_OFF
+            )
+
+    def _accept_on(self) -> None:
+        self._resume = None
+        if self.sock is not None:
+            self.loop.add_reader(self.sock.fileno(), self._accept_ready)
+            self.accepting = True
+
+    def _accept_ready(self) -> None:
+        """The listening socket is readable: accept what is queued, a batch at a time."""
+        assert self.sock is not None
+        # socket._accept(): the accept4() under socket.accept(), giving (fd, peer) without
+        # making a socket object, which a client we refuse would only need for its close.
+        accept = self.sock._accept  # type: ignore[attr-defined]
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                fd, peer = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_TRANSIENT:
+                    continue
+                # EMFILE, ENFILE, ENOBUFS, ENOMEM: leave the clients queued in the backlog
+                # and try again shortly, when sessions have closed.
+                log.warning(
+                    "listener %s: cannot accept (%s); pausing %.1fs",
+                    self.name, exc.strerror or exc, _ACCEPT_PAUSE,
+                )  # fmt: skip
+                self.loop.remove_reader(self.sock.fileno())
+                self.accepting = False
+                self._resume = self.loop.call_later(_ACCEPT_PAUSE, self._accept_on)
+                return
+            self._arrived(fd, normalise_host(peer[0]), peer[1])
+
+    def _arrived(self, fd: int, host: str, port: int) -> None:
+        """Decide for a client just accepted (its descriptor only) and refuse or admit it."""
+        if self.proxy_senders and self.is_proxy_sender(host):
+            self._adopt(fd, None)  # the PROXY header names the client: decide after it
+            return
+        reason = self.judge(host)
+        if reason is not None and not self.monitoring:
+            style = self.settings.reject
+            if style is RejectStyle.REPLY:
+                # One short write into an empty socket buffer. A plain try, not suppress():
+                # this is the flood path. OSError: the client has gone already.
+                try:  # noqa: SIM105
+                    os.write(fd, REPLY_421)
+                except OSError:
+                    pass
+            os.close(fd)  # with the reset style, SO_LINGER (inherited) makes this an RST
+            return
+        if self.settings.protocol is Protocol.FTP or self.proxy_senders:
+            self._adopt(fd, reason or "")
+            return
+        self.accepted += 1
+        client = self._socket(fd)
+        PlainSession(self, client, host, port, reason).begin()
+
+    def _socket(self, fd: int) -> socket.socket:
+        assert self.sock is not None
+        client = socket.socket(self.sock.family, socket.SOCK_STREAM, 0, fileno=fd)
+        if self.settings.reject is RejectStyle.RESET:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+        return client
+
+    def _adopt(self, fd: int, decided: str | None) -> None:
+        """Make an accepted socket a transport with a ``FrontProtocol``."""
+        client = self._socket(fd)
+        client.setblocking(False)
+        task = self.loop.create_task(self._adopt_socket(client, decided))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _adopt_socket(self, client: socket.socket, decided: str | None) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: FrontProtocol(self, decided), client)
+        except OSError as exc:  # the client went away before the transport was made
+            log.debug("listener %s: accepted connection lost: %s", self.name, exc)
+            client.close()
+
+    @property
+    def monitoring(self) -> bool:
+        """Monitor mode: rejections are recorded as "would reject" and let through."""
+        return self.settings.mode is Mode.MONITOR
+
+    def judge(self, address: str) -> str | None:
+        """Decide for a client address now: None to let it in, else the rejection reason
+        (recorded here; in monitor mode as "would reject", and the caller lets it in)."""
+        now = time.time()
+        gate = self.gate
+        rule: str | None
+        if gate.bans and gate.bans.check(address, now) is not None:
+            reason, rule = Reason.BAN.value, None
+        elif not (decision := gate.ruleset.decide(address, self.name)).allowed:
+            source = decision.source
+            reason, rule = decision.reason.value, str(source) if source is not None else None
+        elif not self.limits.admit(address, now):
+            reason, rule = Reason.LIMIT.value, str(self.settings.source)
+        else:
+            return None
+        self.sink.rejected(Rejection(self.name, address, reason, rule, now, self.monitoring))
+        return reason
 
     def _prune_limits(self) -> None:
         self.limits.prune(time.time())
         self._prune = self.loop.call_later(_PRUNE_INTERVAL, self._prune_limits)
 
     async def stop_accepting(self) -> None:
+        """Stop accepting and close the listening socket (sessions go on)."""
         if self._prune is not None:
             self._prune.cancel()
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        if self.sock is not None:
+            if self.accepting:
+                self.loop.remove_reader(self.sock.fileno())
+            self.accepting = False
+            self.sock.close()
+        for task in list(self._adopting):
+            await task
 
     # -- sessions -----------------------------------------------------------------------
-    def opened(self, relay: Relay) -> None:
+    def opened(self, relay: Session) -> None:
         self.relays.add(relay)
         self.limits.opened(relay.address)
         self._idle.clear()
 
-    def finished(self, relay: Relay) -> None:
+    def finished(self, relay: Session) -> None:
         if relay in self.relays:
             self.relays.discard(relay)
             self.limits.closed(relay.address)

@@ -510,6 +510,9 @@ class Recorder:
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closed = False
+        # The local day of the last event's whole second: a flood's events share it.
+        self._day_second = -1
+        self._day_text = ""
         self._failing = False  # the last flush failed (its error was logged once)
         self._overflowing = False  # records are being dropped (logged once)
         self._commit_sent = False  # the running flush has sent its COMMIT
@@ -525,10 +528,14 @@ class Recorder:
             self._drop(1)
             return None
         try:
-            return schema.local_day(when)
+            second = int(when)
+            if second != self._day_second:
+                self._day_text = schema.local_day(when)
+                self._day_second = second
         except (ValueError, OverflowError, OSError):
             self._drop(1)
             return None
+        return self._day_text
 
     def rejected(self, event: Rejection) -> None:
         if (day := self._day(event.when)) is None:
