@@ -21,10 +21,12 @@ import math
 import os
 import re
 import socket
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from glob import glob
+from operator import itemgetter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar, get_args, get_origin
 
@@ -47,6 +49,8 @@ from gatekeeper.rules.model import (
     Action,
     BanPolicy,
     FtpPolicy,
+    ListedNetworks,
+    ListedRules,
     Network,
     Rule,
     RulesSpec,
@@ -228,14 +232,21 @@ def network_from_text(text: str) -> Network:
     )
 
 
-# Fast path for the common line of a blocklist: a plain IPv4 CIDR, maybe with a comment. The
-# octet pattern refuses leading zeros and values over 255 exactly as ipaddress does; a line
-# the fast path does not take (IPv6, odd spacing, host bits set, garbage) goes through
-# ipaddress for the exact verdict and the message.
+# Fast paths for the common lines of a blocklist: a plain IPv4 or IPv6 CIDR (or address),
+# maybe with a comment. The octet pattern refuses leading zeros and values over 255 exactly
+# as ipaddress does; an IPv6 line of hex digits and colons only is read by inet_pton, which
+# takes the same texts as ipaddress there. A line neither fast path takes (odd spacing, host
+# bits set, IPv4-mapped or embedded-IPv4 IPv6, a zone id, garbage) goes through ipaddress
+# for the exact verdict and the message.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _FAST_V4 = re.compile(
     rf"[ \t]*({_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET})(?:/([0-9]{{1,2}}))?[ \t\r]*(?:[#;].*)?"
 )
+_FAST_V6 = re.compile(r"[ \t]*([0-9A-Fa-f:]{2,39})(?:/([0-9]{1,3}))?[ \t\r]*(?:[#;].*)?")
+_IPV4_MAPPED_FIRST = 0xFFFF << 32  # ::ffff:0.0.0.0, the first IPv4-mapped IPv6 address
+_IPV4_MAPPED_LAST = _IPV4_MAPPED_FIRST | 0xFFFF_FFFF
+_HOST_BITS4 = [(1 << (32 - length)) - 1 for length in range(33)]  # by prefix length
+_HOST_BITS6 = [(1 << (128 - length)) - 1 for length in range(129)]
 
 
 def parse_network_list(text: str, file: str) -> tuple[list[tuple[Network, int]], list[Problem]]:
@@ -244,45 +255,81 @@ def parse_network_list(text: str, file: str) -> tuple[list[tuple[Network, int]],
     ``#`` and ``;`` start a comment (also after the network), blank lines are skipped.
     Returns ``(network, line)`` pairs and a problem per bad line; never raises.
     """
-    with gc_paused():
-        return _parse_network_lines(text, file)
+    v4, v6, problems = _parse_network_lines(text, file)
+    with gc_paused():  # many objects, none garbage: see gc_paused
+        networks = v4.networks()
+        if len(v6):
+            networks = sorted(networks + v6.networks(), key=itemgetter(1))  # by line
+    return networks, problems
 
 
-def _parse_network_lines(text: str, file: str) -> tuple[list[tuple[Network, int]], list[Problem]]:
-    networks: list[tuple[Network, int]] = []
+def _parse_network_lines(
+    text: str, file: str
+) -> tuple[ListedNetworks, ListedNetworks, list[Problem]]:
+    """``parse_network_list``, its networks left as ints (see ``ListedRules``)."""
+    prefixes4, lengths4, lines4 = array("L"), bytearray(), array("l")
+    prefixes6: list[int] = []
+    lengths6, lines6 = bytearray(), array("l")
+    exact4: dict[int, Network] = {}
+    exact6: dict[int, Network] = {}
     problems: list[Problem] = []
-    append = networks.append
-    fast = _FAST_V4.fullmatch
-    v4, v6 = ipaddress.IPv4Network, ipaddress.IPv6Network
-    aton, from_bytes = socket.inet_aton, int.from_bytes
+    fast4, fast6 = _FAST_V4.fullmatch, _FAST_V6.fullmatch
+    aton, pton, from_bytes = socket.inet_aton, socket.inet_pton, int.from_bytes
+    af_inet6 = socket.AF_INET6
     for lineno, line in enumerate(text.split("\n"), 1):
-        m = fast(line)
-        if m is not None:
-            address, plen = m.groups()
-            prefix = 32 if plen is None else int(plen)
-            if prefix <= 32:
-                try:
-                    append((v4((from_bytes(aton(address), "big"), prefix)), lineno))
+        # A line the fast paths do not take (host bits set, say) goes on to the slow path.
+        if ":" not in line:
+            m = fast4(line)
+            if m is not None:
+                address, plen = m.groups()
+                length = 32 if plen is None else int(plen)
+                value = from_bytes(aton(address), "big")
+                if length <= 32 and not value & _HOST_BITS4[length]:
+                    prefixes4.append(value)
+                    lengths4.append(length)
+                    lines4.append(lineno)
                     continue
-                except ValueError:
-                    pass  # host bits set: the slow path says which network was meant
+        elif (m := fast6(line)) is not None:
+            address, plen = m.groups()
+            length = 128 if plen is None else int(plen)
+            try:
+                value = from_bytes(pton(af_inet6, address), "big")
+            except OSError:
+                value = -1  # not an address
+            if (
+                value >= 0
+                and length <= 128
+                and not value & _HOST_BITS6[length]
+                and not _IPV4_MAPPED_FIRST <= value <= _IPV4_MAPPED_LAST
+            ):
+                prefixes6.append(value)
+                lengths6.append(length)
+                lines6.append(lineno)
+                continue
         body = line.split("#", 1)[0].split(";", 1)[0].strip()
         if not body:
             continue
-        if ":" in body:
-            try:
-                net6 = v6(body)
-            except ValueError:
-                pass
-            else:
-                if net6.network_address.ipv4_mapped is None:
-                    append((net6, lineno))
-                    continue
         try:
-            append((network_from_text(body), lineno))
+            network = network_from_text(body)
         except ValueError as exc:
             problems.append(Problem(file, lineno, str(exc)))
-    return networks, problems
+            continue
+        value, length = int(network.network_address), network.prefixlen
+        if isinstance(network, ipaddress.IPv4Network):
+            exact4[len(prefixes4)] = network
+            prefixes4.append(value)
+            lengths4.append(length)
+            lines4.append(lineno)
+        else:
+            exact6[len(prefixes6)] = network
+            prefixes6.append(value)
+            lengths6.append(length)
+            lines6.append(lineno)
+    return (
+        ListedNetworks(False, prefixes4, bytes(lengths4), lines4, exact4),
+        ListedNetworks(True, prefixes6, bytes(lengths6), lines6, exact6),
+        problems,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1359,14 +1406,14 @@ def _context_from_settings(settings: Settings) -> _RulesContext:
 class _Merged:
     """All rule files read so far, merged: lists are the union, scalars are set once."""
 
-    rules: list[Rule] = field(default_factory=list)
+    rules: list[Rule | ListedRules] = field(default_factory=list)
     privileged: dict[Network, None] = field(default_factory=dict)  # ordered set
     deny_users: dict[str, None] = field(default_factory=dict)
     users: dict[str, dict[str, None]] = field(default_factory=dict)
     scalars: dict[str, tuple[Any, Source]] = field(default_factory=dict)
     ban: bool = False
     files: dict[str, None] = field(default_factory=dict)
-    lists: dict[str, list[tuple[Network, int]]] = field(default_factory=dict)
+    lists: dict[str, tuple[ListedNetworks, ListedNetworks]] = field(default_factory=dict)
 
     def set_scalar(self, name: str, value: Any, source: Source) -> Problem | None:
         previous = self.scalars.get(name)
@@ -1412,23 +1459,24 @@ class _Merged:
 
 def _network_list(
     merged: _Merged, path: Path, referrer: Source
-) -> tuple[list[tuple[Network, int]], list[Problem]]:
-    """Read a network list once per load; problems point into it (or at the referrer)."""
+) -> tuple[tuple[ListedNetworks, ListedNetworks] | None, list[Problem]]:
+    """Read a network list once per load; problems point into it (or at the referrer).
+    Returns its IPv4 and IPv6 networks, or None if it cannot be read."""
     key = str(path)
     if key in merged.lists:
         return merged.lists[key], []
     text = _read_text(key)
     if isinstance(text, _ReadError):
         if text.line is not None:
-            return [], [Problem(key, text.line, f"network list {text.message}")]
+            return None, [Problem(key, text.line, f"network list {text.message}")]
         hint = (
             "; create it (it may be empty) or fix the path" if text.message == "not found" else ""
         )
-        return [], [
+        return None, [
             Problem(referrer.file, referrer.line, f"network list {key} {text.message}{hint}")
         ]
     merged.files[key] = None
-    networks, problems = parse_network_list(text, key)
+    v4, v6, problems = _parse_network_lines(text, key)
     if len(problems) > MAX_PROBLEMS_PER_LIST:
         more = len(problems) - MAX_PROBLEMS_PER_LIST
         first_hidden = problems[MAX_PROBLEMS_PER_LIST]
@@ -1441,8 +1489,8 @@ def _network_list(
                 f"{MAX_PROBLEMS_PER_LIST} are shown); is this a network list?",
             ),
         ]
-    merged.lists[key] = networks
-    return networks, problems
+    merged.lists[key] = (v4, v6)
+    return (v4, v6), problems
 
 
 def _load_rule_file(path: str, ctx: _RulesContext, merged: _Merged) -> list[Problem]:
@@ -1466,7 +1514,7 @@ def _load_rule_file(path: str, ctx: _RulesContext, merged: _Merged) -> list[Prob
     if model.default is not None:
         add(merged.set_scalar("default", model.default, Source(path, doc.line(("default",)))))
 
-    entries: list[tuple[int, int, list[Rule]]] = []
+    entries: list[tuple[int, int, list[Rule | ListedRules]]] = []
     for action in (Action.ALLOW, Action.DENY):
         items: list[_RuleItemModel] = getattr(model, action.value)
         for i, item in enumerate(items):
@@ -1486,7 +1534,7 @@ def _load_rule_file(path: str, ctx: _RulesContext, merged: _Merged) -> list[Prob
             make = partial(
                 Rule, action, listeners=listeners, hours=item.hours, comment=item.comment
             )
-            rules: list[Rule]
+            rules: list[Rule | ListedRules]
             if item.network is not None:
                 rules = [make(source, network=item.network)]
             elif item.country is not None:
@@ -1504,13 +1552,16 @@ def _load_rule_file(path: str, ctx: _RulesContext, merged: _Merged) -> list[Prob
             else:
                 assert item.file is not None
                 list_path = _resolve(base, item.file)
-                networks, found = _network_list(
+                listed, found = _network_list(
                     merged, list_path, Source(path, doc.line((*loc, "file")))
                 )
                 problems += found
-                shown = str(list_path)
-                # One rule per listed network, found at its line in the list file.
-                rules = [make(Source(shown, line), network=network) for network, line in networks]
+                # One rule per listed network, found at its line in the list file (made
+                # when asked for: see ListedRules).
+                if listed is None:
+                    rules = []
+                else:
+                    rules = [ListedRules(make(source), str(list_path), *listed)]
             entries.append((source.line, len(entries), rules))
     for _, _, rules in sorted(entries, key=lambda e: (e[0], e[1])):
         merged.rules.extend(rules)

@@ -6,8 +6,6 @@ import ipaddress
 import os
 import random
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -787,31 +785,20 @@ def test_parse_network_list_basics() -> None:
     assert "Leading zeros" in found[0].message
 
 
-def test_parse_network_list_is_fast() -> None:
+def test_parse_network_list_of_a_hundred_thousand_lines() -> None:
+    """A DROP-sized list: every network, in order, as ipaddress reads it (the speed is
+    measured in benchmarks/bench_rules.py, never asserted here)."""
     rng = random.Random(7)
     lines = ["; Spamhaus DROP List"]
     for i in range(100_000):
         prefix = rng.randint(8, 32)
         base = rng.getrandbits(32) >> (32 - prefix) << (32 - prefix)
         lines.append(f"{ipaddress.IPv4Network((base, prefix))} ; SBL{i}")
-    text = "\n".join(lines)
-
-    def best(fn: Callable[[], object]) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    ours = best(lambda: parse_network_list(text, "drop.txt"))
-    naive = best(lambda: [ipaddress.ip_network(x.split(";")[0].strip()) for x in lines[1:]])
-    networks, found = parse_network_list(text, "drop.txt")
-    assert len(networks) == 100_000 and not found
-    # "well under half a second" on a quiet machine; compared with the naive loop so that
-    # a loaded test machine does not make this flaky.
-    assert ours < 0.8 * naive or ours < 0.25, (ours, naive)
-    assert ours < 2.0
+    networks, found = parse_network_list("\n".join(lines), "drop.txt")
+    assert not found
+    expected = [ipaddress.ip_network(x.split(";")[0].strip()) for x in lines[1:]]
+    assert [net for net, _ in networks] == expected
+    assert [line for _, line in networks] == list(range(2, 100_002))
 
 
 # --- property tests --------------------------------------------------------------------

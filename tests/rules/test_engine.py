@@ -182,6 +182,32 @@ def test_repeated_decisions_are_equal() -> None:
     assert rules.decide("11.0.0.1", "ftp") == rules.decide("11.9.9.9", "ftp")
 
 
+def test_only_decisions_the_same_everywhere_are_remembered() -> None:
+    """A decision is remembered for the addresses around it only where neither listener nor
+    time can change it; the others are worked out again, and all come out the same."""
+    deny = rule(DENY, "10.0.0.0/8")
+    ftp_only = rule(ALLOW, "10.66.0.0/16", listeners=["ftp"])
+    office = rule(ALLOW, "192.0.2.0/24", hours=OFFICE)
+    rules = ruleset(deny, ftp_only, office, rule(DENY, "2001:db8::/32"), default=ALLOW)
+    (_, v4), (_, v6) = rules._settled
+    for _ in range(2):
+        assert rules.decide("10.1.2.3", "telnet") == by_network(deny)
+        assert rules.decide("10.200.0.1", "ftp") == by_network(deny)
+        assert rules.decide("10.66.0.1", "ftp") == by_network(ftp_only)
+        assert rules.decide("10.66.0.1", "telnet") == by_network(deny)
+        assert rules.decide("192.0.2.1", "ftp", MONDAY_NOON) == by_network(office)
+        assert rules.decide("192.0.2.1", "ftp", SATURDAY_NOON) == by_default(ALLOW)
+        assert rules.decide("11.0.0.1", "ftp") == by_default(ALLOW)
+        assert rules.decide("2001:db8::1", "ftp").rule is not None
+    assert sum(x is not None for x in v4) == 3  # 10/8 either side of 10.66/16, and no match
+    assert sum(x is not None for x in v6) == 1
+    assert all(x is None or x.rule not in (ftp_only, office) for x in v4)
+    # With country rules, an address no network rule matches is looked up every time.
+    countries = ruleset(rule(DENY, countries=["CN"]), country_of=lambda a: None)
+    assert countries.decide("11.0.0.1", "ftp") == by_default()
+    assert countries._settled[0][1] == [None]
+
+
 # -- hours ---------------------------------------------------------------------------------
 def test_allow_in_hours_and_schedule_denial_out_of_them() -> None:
     vendor = rule(ALLOW, "198.51.100.0/24", hours=OFFICE)

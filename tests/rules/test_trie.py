@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import random
+from array import array
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.rules.trie import PrefixTable, RadixTrie
+from gatekeeper.rules.trie import (
+    CHUNK,
+    PrefixTable,
+    RadixTrie,
+    compile_prefixes,
+    sorted_ints,
+)
 
 V4, V6 = 32, 128
 
@@ -96,15 +105,30 @@ def test_default_route_and_host_routes() -> None:
     assert trie.matches((1 << 32) - 2) == [(0, ("any",))]
 
 
-def test_intervals_under_one_prefix_share_its_chain() -> None:
+def test_intervals_either_side_of_a_nested_prefix() -> None:
     trie = RadixTrie[str](V4)
     trie.add(*net(ip4("10.0.0.0"), 8), "ten")
     trie.add(*net(ip4("10.66.0.0"), 16), "lab")
     table = trie.compile()
-    before, after = table.lookup(ip4("10.1.0.0")), table.lookup(ip4("10.200.0.0"))
-    assert before == ((8, ("ten",)),)
-    assert before is after  # one tuple for both sides of the /16, not a copy each
+    before, after = table.interval(ip4("10.1.0.0")), table.interval(ip4("10.200.0.0"))
+    assert table.chain(before) == table.chain(after) == ((8, ("ten",)),)
+    assert before != after
     assert len(table) == 5  # below 10/8, 10/8, 10.66/16, 10/8 again, above 10/8
+    assert [table.covers(ip4(x)) for x in ("9.255.255.255", "10.66.0.1", "11.0.0.0")] == [
+        False,
+        True,
+        False,
+    ]
+
+
+def test_ipv4_bounds_are_a_compact_array() -> None:
+    trie = RadixTrie[str](V4)
+    trie.add(*net(ip4("255.255.255.0"), 24), "top")  # ends at the end of the space
+    trie.add(*net(ip4("10.0.0.0"), 8), "ten")
+    table = trie.compile()
+    assert isinstance(table.bounds, array)
+    assert list(table.bounds) == [ip4("10.0.0.0"), ip4("11.0.0.0"), ip4("255.255.255.0")]
+    assert table.lookup((1 << 32) - 1) == ((24, ("top",)),)
 
 
 def test_compile_is_a_snapshot() -> None:
@@ -145,8 +169,30 @@ def test_every_length_of_one_ipv6_address_nests() -> None:
 
 
 def test_table_checks_its_shape() -> None:
-    with pytest.raises(ValueError, match="one chain more"):
-        PrefixTable[str]([1, 2], [()])
+    with pytest.raises(ValueError, match="one owner more"):
+        PrefixTable[str]([1, 2], [-1], [], [], [], {})
+    with pytest.raises(ValueError, match="a length, parent and value per prefix"):
+        PrefixTable[str]([1], [-1, 0], [8], [], ["x"], {})
+
+
+def test_compile_prefixes_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="a length and a value per prefix"):
+        compile_prefixes(V4, [0, 1 << 24], [8], ["a", "b"])
+    with pytest.raises(ValueError, match="32 or 128"):
+        compile_prefixes(64, [], [], [])
+    assert compile_prefixes(V6, [], [], []).lookup(0) == ()
+
+
+def test_sorted_ints_sorts_across_chunks() -> None:
+    rng = random.Random(6)
+    for size in (0, 1, CHUNK - 1, CHUNK, 3 * CHUNK + 5):
+        items = [rng.getrandbits(40) for _ in range(size)]
+        assert sorted_ints(items) == sorted(items)
+    clustered = [rng.getrandbits(8) << 100 | rng.getrandbits(20) for _ in range(3 * CHUNK)]
+    clustered += [7] * CHUNK + [1 << 120]  # many equal, and far apart
+    assert sorted_ints(clustered) == sorted(clustered)
+    ordered = sorted(clustered)
+    assert sorted_ints(ordered) == ordered and sorted_ints(ordered[::-1]) == ordered
 
 
 # -- against a brute-force reference ---------------------------------------------------------
@@ -202,6 +248,15 @@ def check(bits: int, entries: list[Entry], split: int, extra: list[int]) -> None
         assert trie.matches(address) == expected, address
         assert trie.longest_match(address) == (expected[0] if expected else None), address
         assert table.lookup(address) == tuple(expected), address
+        assert table.covers(address) == bool(expected), address
+        assert table.longest_match(address) == (expected[0] if expected else None), address
+    # The same table from all the prefixes at once, in the order they were added.
+    bulk = compile_prefixes(
+        bits, [p for p, _ in entries], [n for _, n in entries], list(range(len(entries)))
+    )
+    assert list(bulk.bounds) == list(table.bounds)
+    for address in probes(entries, bits, extra):
+        assert bulk.lookup(address) == table.lookup(address), address
 
 
 @settings(max_examples=300, deadline=None)
