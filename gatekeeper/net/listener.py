@@ -285,6 +285,8 @@ class Listener:
         self.name = settings.name
         self.limits = AddressLimits(settings.limits)
         self.proxy_senders = settings.proxy_protocol
+        # Monitor mode: rejections are recorded as "would reject" and let through.
+        self.monitoring = settings.mode is Mode.MONITOR
         self.ports = PortPool(settings.passive_ports)
         self.client_tls = tls.client_context(settings)
         self.upstream_tls = tls.upstream_context(settings)
@@ -318,6 +320,7 @@ class Listener:
         """Take new settings at reload (the socket and running sessions stay)."""
         old, self.settings = self.settings, settings
         self.proxy_senders = settings.proxy_protocol
+        self.monitoring = settings.mode is Mode.MONITOR
         if settings.reject != old.reject:
             self._set_linger()
         if settings.limits != self.limits.limits:
@@ -437,22 +440,16 @@ class Listener:
             log.debug("listener %s: accepted connection lost: %s", self.name, exc)
             client.close()
 
-    @property
-    def monitoring(self) -> bool:
-        """Monitor mode: rejections are recorded as "would reject" and let through."""
-        return self.settings.mode is Mode.MONITOR
-
     def judge(self, address: str) -> str | None:
         """Decide for a client address now: None to let it in, else the rejection reason
         (recorded here; in monitor mode as "would reject", and the caller lets it in)."""
         now = time.time()
         gate = self.gate
         rule: str | None
-        if gate.bans and gate.bans.check(address, now) is not None:
+        if gate.bans.check(address, now) is not None:
             reason, rule = Reason.BAN.value, None
         elif not (decision := gate.ruleset.decide(address, self.name)).allowed:
-            source = decision.source
-            reason, rule = decision.reason.value, str(source) if source is not None else None
+            reason, rule = decision.texts
         elif not self.limits.admit(address, now):
             reason, rule = Reason.LIMIT.value, str(self.settings.source)
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import accumulate
 from socket import AF_INET, AF_INET6, inet_pton
@@ -55,6 +55,12 @@ class Decision:
     rule: Rule | None  # the deciding rule; None for a default decision
     source: Source | None  # where the rule, or the ``default:``, was written
     match: str | None  # the network or country code that matched; None for default
+    # (reason, "file:line") as a rejection records them: made once, not per connection.
+    texts: tuple[str, str | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        source = None if self.source is None else str(self.source)
+        object.__setattr__(self, "texts", (self.reason.value, source))
 
     @property
     def allowed(self) -> bool:
