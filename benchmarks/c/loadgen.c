@@ -3,12 +3,15 @@
  *
  * Usage: loadgen SUBCOMMAND HOST PORT [options]
  *
- *   flood   --count N --concurrency C [--rate R] [--proxy v1] [--timeout S]
+ *   flood   --count N --concurrency C [--rate R] [--close fin|reset] [--proxy v1]
+ *           [--timeout S]
  *       N connections, C connects in flight (epoll).  Each connects, writes the
  *       PROXY v1 header if asked, then reads and discards until the server
  *       closes (EOF: "closed") or resets ("reset").  Refusals and other
  *       failures count as "errors" (and toward N).
  *       {"connections", "closed", "reset", "errors", "seconds", "rate"}
+ *       --close reset: once the server has closed, end our side with an RST,
+ *       so the server's socket skips TIME_WAIT (see latency below).
  *       --rate R: open loop, connection i starts at i / R seconds (at most C
  *       in flight still), as a flood from outside comes whatever the server's
  *       speed; without it a new connection starts as soon as one ends.
@@ -338,6 +341,11 @@ static void flood_finish(struct flood_slot *s, uint32_t slot, enum outcome how, 
         note_error("flood connection", err);
     }
     fl.done++;
+    if (opt.reset) {  /* after the server's close: no TIME_WAIT left on either side */
+        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+        if (setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0)
+            perror("setsockopt SO_LINGER");
+    }
     close(s->fd);
     flood_launch(s, slot);
 }
@@ -888,7 +896,7 @@ static int run_idle(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen flood HOST PORT --count N --concurrency C [--rate R] [--proxy v1] "
+            "usage: loadgen flood HOST PORT --count N --concurrency C [--rate R] [--close fin|reset] [--proxy v1] "
             "[--timeout S]\n"
             "       (every subcommand also takes --bind ADDR: connect from that address)\n"
             "       loadgen latency HOST PORT --count N [--interval-us U] [--close fin|reset] "
