@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 CONFIG ?= config/gatekeeper.yaml
 
 # Programs the tests drive as real peers, installed from Debian's packages when missing.
-SYSTEM_TOOLS ?= curl chromium
+SYSTEM_TOOLS ?= curl chromium gcc
 
 .PHONY: run test bench check lint typecheck system-deps systemd-analyze install clean
 

@@ -31,7 +31,13 @@ def notify(*fields: str) -> bool:
     message = "\n".join(fields).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never wait on the event loop: a manager that is not reading (its queue full)
+            # loses this message, the daemon goes on.
+            sock.setblocking(False)
             sock.sendto(message, path)
+    except BlockingIOError:
+        log.warning("systemd's notify socket %s is full: %r not sent", path, message[:60])
+        return False
     except OSError as exc:
         log.warning("cannot notify systemd at %s: %s", path, exc)
         return False

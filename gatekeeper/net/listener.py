@@ -51,6 +51,7 @@ _LINGER_OFF = struct.pack("ii", 0, 0)
 _ACCEPT_BATCH = 256
 # Out of file descriptors (or kernel memory): stop accepting this long, then try again.
 _ACCEPT_PAUSE = 0.1
+_ACCEPT_WARN_EVERY = 60.0  # seconds between warnings about it
 # accept() errors that concern one connection only (it went away while queued).
 _ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 # How often per-address rate history is pruned of addresses that went quiet.
@@ -293,6 +294,8 @@ class Listener:
         self.relays: set[Session] = set()  # open sessions
         self.sock: socket.socket | None = None
         self.accepting = False
+        self.accept_pauses = 0  # times accept() failed for want of descriptors (or memory)
+        self._accept_warned = -_ACCEPT_WARN_EVERY  # loop time of the last warning about it
         self._resume: asyncio.TimerHandle | None = None  # accepting again after EMFILE
         self._adopting: set[asyncio.Task[None]] = set()  # sockets becoming transports
         self._prune: asyncio.TimerHandle | None = None
@@ -382,17 +385,26 @@ class Listener:
             except OSError as exc:
                 if exc.errno in _ACCEPT_TRANSIENT:
                     continue
-                # EMFILE, ENFILE, ENOBUFS, ENOMEM: leave the clients queued in the backlog
-                # and try again shortly, when sessions have closed.
-                log.warning(
-                    "listener %s: cannot accept (%s); pausing %.1fs",
-                    self.name, exc.strerror or exc, _ACCEPT_PAUSE,
-                )  # fmt: skip
-                self.loop.remove_reader(self.sock.fileno())
-                self.accepting = False
-                self._resume = self.loop.call_later(_ACCEPT_PAUSE, self._accept_on)
+                self._accept_failed(exc)
                 return
             self._arrived(fd, normalise_host(peer[0]), peer[1])
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """EMFILE, ENFILE, ENOBUFS, ENOMEM: leave the clients queued in the backlog and try
+        again shortly, when sessions have closed. Said at most once a minute."""
+        assert self.sock is not None
+        now = self.loop.time()
+        if now - self._accept_warned >= _ACCEPT_WARN_EVERY:
+            self._accept_warned = now
+            log.warning(
+                "listener %s: cannot accept (%s); clients wait in the backlog until "
+                "sessions close (%d pause(s) so far)",
+                self.name, exc.strerror or exc, self.accept_pauses + 1,
+            )  # fmt: skip
+        self.accept_pauses += 1
+        self.loop.remove_reader(self.sock.fileno())
+        self.accepting = False
+        self._resume = self.loop.call_later(_ACCEPT_PAUSE, self._accept_on)
 
     def _arrived(self, fd: int, host: str, port: int) -> None:
         """Decide for a client just accepted (its descriptor only) and refuse or admit it."""

@@ -72,6 +72,7 @@ class Upstream:
             address_family = family
             daemon_threads = True
             allow_reuse_address = True
+            request_queue_size = 1024  # socketserver's 5 drops bursts of connections
 
         self.server = Server((host, 0), Handler)
         self.port = self.server.server_address[1]
@@ -125,12 +126,15 @@ class Daemon:
     def write_rules(self, rules: dict[str, Any]) -> None:
         self.rules_path.write_text(yaml.safe_dump(rules, sort_keys=False))
 
-    def start(self, *extra: str) -> Daemon:
+    def start(self, *extra: str, nofile: int | None = None) -> Daemon:
+        """Run it; ``nofile``: its limit on open file descriptors (soft and hard)."""
         env = dict(os.environ, NOTIFY_SOCKET=str(self.sockdir / "n"), PYTHONUNBUFFERED="1")
         env.pop("JOURNAL_STREAM", None)
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        limit = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile is not None else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gatekeeper", "run", "-c", str(self.config_path), *extra],
+            [*limit, sys.executable, "-m", "gatekeeper", "run", "-c", str(self.config_path),
+             *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
         )  # fmt: skip
         self.wait_message("READY=1")
