@@ -6,7 +6,8 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/gatekeeper.yaml
 
-# Programs the tests drive as real peers, installed from Debian's packages when missing.
+# Programs the tests drive as real peers (and gcc, which builds the benchmarks' C load
+# generator for its smoke test), installed from Debian's packages when missing.
 SYSTEM_TOOLS ?= curl chromium gcc
 
 .PHONY: run test bench check lint typecheck system-deps systemd-analyze install clean

@@ -51,10 +51,10 @@ def test_a_hundred_reloads_in_a_second(daemon, upstream: Upstream) -> None:
     config = {"listeners": [plain("a", upstream.address), plain("b", upstream.address)]}
     d = daemon(config, ADMIT).start()
     assert d.proc is not None
-    for i in range(100):
-        d.write_rules({"default": "deny", "allow": ["127.0.0.0/8"] if i % 2 else []})
+    for i in range(100):  # ending on a file that admits nobody
+        d.write_rules({"default": "deny", "allow": [] if i % 2 else ["127.0.0.0/8"]})
         d.proc.send_signal(signal.SIGHUP)
-    d.write_rules(ADMIT)  # the last word
+    d.write_rules(ADMIT)  # the last word: only if it is read do the clients below get in
     d.proc.send_signal(signal.SIGHUP)
     for name in ("a", "b"):
         wait_for(lambda n=name: _banner(d.address(n)), what=f"listener {name} serving")
