@@ -231,3 +231,11 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
             break
         buf += data
     return bytes(buf)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")

@@ -12,18 +12,11 @@ from pathlib import Path
 
 from benchmarks import cprogs
 from tests.integration.ftp_harness import PASSWORD, USER, FtpUpstream
-from tests.integration.harness import BANNER, Upstream, connect, recv_exactly, wait_for
+from tests.integration.harness import BANNER, Upstream, connect, recv_exactly, rss_kib, wait_for
 from tests.integration.test_ftp import ftp_listener
 
 FLOOD = 50_000
 RULES = {"default": "deny", "allow": ["127.0.0.0/8", "10.0.0.0/8"]}  # 100.64/10 floods
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def _recorded(db: Path) -> int:
@@ -47,7 +40,7 @@ def test_flood_beside_an_ftp_download_and_a_telnet_session(
         flood = ("flood", host, str(port), "--proxy", "v1", "--close", "reset")
         cprogs.run_loadgen(*flood, "--count", "2000", "--concurrency", "100")  # warm-up
         wait_for(lambda: _recorded(d.database) == 2000, what="the warm-up recorded")
-        rss_before = _rss_kib(d.proc.pid)
+        rss_before = rss_kib(d.proc.pid)
 
         big = (root / "big.bin").read_bytes()
         done = threading.Event()
@@ -100,7 +93,7 @@ def test_flood_beside_an_ftp_download_and_a_telnet_session(
         assert d.proc.poll() is None  # still up
 
         wait_for(lambda: _recorded(d.database) == 2000 + FLOOD, what="the flood recorded")
-        rss_after = _rss_kib(d.proc.pid)
+        rss_after = rss_kib(d.proc.pid)
         assert rss_after < rss_before + 32 * 1024, (rss_before, rss_after)
         assert d.stop() == 0
         assert _recorded(d.database) == 2000 + FLOOD  # exact after stop: nothing lost

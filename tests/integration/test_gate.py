@@ -21,6 +21,7 @@ from tests.integration.harness import (
     free_port,
     read_until_closed,
     recv_exactly,
+    rss_kib,
     wait_for,
 )
 
@@ -240,16 +241,9 @@ def test_client_that_never_reads_is_bounded(daemon, upstream: Upstream) -> None:
                 sent += c.send(chunk)
         # Kernel buffers on four sockets plus gatekeeper's bounded buffers: tens of MB at most.
         assert sent < 96 << 20
-        rss = _rss_kib(d.proc.pid)
+        rss = rss_kib(d.proc.pid)
         assert rss < 200 * 1024, f"daemon RSS {rss} KiB while a client never reads"
     assert d.stop() == 0
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_ipv6_and_dual_stack(daemon) -> None:

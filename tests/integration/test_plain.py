@@ -11,7 +11,6 @@ import os
 import socket
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from tests.integration.harness import (
     free_port,
     read_until_closed,
     recv_exactly,
+    rss_kib,
     wait_for,
 )
 from tests.integration.test_gate import REPLY_421, entries, report, sessions
@@ -140,16 +140,9 @@ def test_client_that_never_reads_is_bounded(daemon, upstream: Upstream) -> None:
             while sent < 256 << 20:
                 sent += c.send(chunk)
         assert sent < 96 << 20  # kernel buffers and at most a pipe per direction
-        rss = _rss_kib(d.proc.pid)
+        rss = rss_kib(d.proc.pid)
         assert rss < 200 * 1024, f"daemon RSS {rss} KiB while a client never reads"
     assert d.stop() == 0
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_monitor_mode_lets_through_and_records(daemon, upstream: Upstream) -> None:
