@@ -15,7 +15,7 @@ import random
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -36,7 +36,6 @@ class Subject:
     proc: subprocess.Popen[bytes]
     port: int
     workdir: Path | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

@@ -494,12 +494,37 @@ class Listener:
         self.limits.opened(relay.address)
         self._idle.clear()
 
-    def finished(self, relay: Session) -> None:
-        if relay in self.relays:
-            self.relays.discard(relay)
-            self.limits.closed(relay.address)
+    def finished(
+        self, relay: Session, *, user: str | None = None, files: tuple[int, int] = (0, 0)
+    ) -> None:
+        """A session ended: count its bytes and record it, once (later calls do nothing).
+        ``user`` and ``files`` (sent, received) are the FTP inspector's."""
+        if relay not in self.relays:
+            return
+        self.relays.discard(relay)
+        self.limits.closed(relay.address)
         if not self.relays:
             self._idle.set()
+        self.bytes_up_closed += relay.bytes_up
+        self.bytes_down_closed += relay.bytes_down
+        self.sink.session(
+            SessionRecord(
+                listener=self.name,
+                address=relay.address,
+                port=relay.port,
+                start=relay.start,
+                end=time.time(),
+                outcome=relay.outcome,
+                upstream=str(self.settings.upstream),
+                local=relay.local,
+                bytes_up=relay.bytes_up,
+                bytes_down=relay.bytes_down,
+                user=user,
+                files_sent=files[0],
+                files_received=files[1],
+                would_reject=relay.would_reject,
+            )
+        )
 
     async def drain(self, grace: float) -> int:
         """Wait up to ``grace`` seconds for sessions to end, then cut the rest; return how many."""

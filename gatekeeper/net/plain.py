@@ -22,7 +22,7 @@ import time
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
-from gatekeeper.events import Outcome, SessionRecord
+from gatekeeper.events import Outcome
 from gatekeeper.net.pump import Pump
 from gatekeeper.net.relay import CLOSE_LINGER
 
@@ -173,7 +173,6 @@ class PlainSession:
         with contextlib.suppress(OSError):
             host, port = upstream.getsockname()[:2]
             self.local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        client.setblocking(False)
         self.pump = Pump(self.loop, client, upstream, self._pumped)
         self.pump.start()
         self._arm_idle()
@@ -249,24 +248,4 @@ class PlainSession:
             self.upstream.close()
 
     def _finish(self) -> None:
-        listener = self.listener
-        if self not in listener.relays:
-            return  # recorded already
-        listener.finished(self)
-        listener.bytes_up_closed += self.bytes_up
-        listener.bytes_down_closed += self.bytes_down
-        listener.sink.session(
-            SessionRecord(
-                listener=listener.settings.name,
-                address=self.address,
-                port=self.port,
-                start=self.start,
-                end=time.time(),
-                outcome=self.outcome,
-                upstream=str(listener.settings.upstream),
-                local=self.local,
-                bytes_up=self.bytes_up,
-                bytes_down=self.bytes_down,
-                would_reject=self.would_reject,
-            )
-        )
+        self.listener.finished(self)  # records the session (once)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gatekeeper.events import Outcome, SessionRecord
+from gatekeeper.events import Outcome
 from gatekeeper.settings import sockaddr_host
 
 if TYPE_CHECKING:
@@ -181,31 +181,13 @@ class Relay:
     def _finish(self) -> None:
         if self.idle_handle is not None:
             self.idle_handle.cancel()
-        listener = self.listener
-        listener.finished(self)
-        listener.bytes_up_closed += self.bytes_up
-        listener.bytes_down_closed += self.bytes_down
         ftp = self.ftp
-        if ftp is not None and ftp.outcome is not None and self.outcome is Outcome.CLOSED:
+        if ftp is None:
+            self.listener.finished(self)
+            return
+        if ftp.outcome is not None and self.outcome is Outcome.CLOSED:
             self.outcome = Outcome(ftp.outcome)
-        listener.sink.session(
-            SessionRecord(
-                listener=listener.settings.name,
-                address=self.address,
-                port=self.port,
-                start=self.start,
-                end=time.time(),
-                outcome=self.outcome,
-                upstream=str(listener.settings.upstream),
-                local=self.local,
-                bytes_up=self.bytes_up,
-                bytes_down=self.bytes_down,
-                user=ftp.user if ftp is not None else None,
-                files_sent=ftp.files_sent if ftp is not None else 0,
-                files_received=ftp.files_received if ftp is not None else 0,
-                would_reject=self.would_reject,
-            )
-        )
+        self.listener.finished(self, user=ftp.user, files=(ftp.files_sent, ftp.files_received))
 
     # -- addresses the FTP inspector needs ------------------------------------------------
     @property
