@@ -32,9 +32,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -51,6 +52,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL = 3600.0  # seconds between two retention purges (and one at start)
+FLUSH_INTERVAL = 1.0  # PRODUCT.md: counts are in the database "at most about a second later"
+# Rows (of every table) held in memory while the database cannot be written: a rejection
+# row with its address costs ~250 bytes, so about 50 MB at most (measured with tracemalloc);
+# past it new rows are given up and counted in ``dropped``.
+MAX_PENDING = 200_000
+# Tests shorten the flush interval and the pending bound with these (seconds, rows).
+FLUSH_INTERVAL_ENV = "GATEKEEPER_FLUSH_INTERVAL"
+MAX_PENDING_ENV = "GATEKEEPER_MAX_PENDING"
 # Addresses of earlier rejections located per flush (after a GeoIP database update, or
 # when it could not be read before): a lookup costs ~20 us, so a chunk is ~0.1 s of a
 # worker thread each second, and 100,000 addresses are done in 20 flushes.
@@ -196,6 +205,19 @@ _NEW_ADDRESSES = """
 SELECT j.value FROM json_each(?) AS j
 WHERE NOT EXISTS (SELECT 1 FROM rejections AS r WHERE r.address = j.value)
 """
+
+# Errors after which the connection is closed and the file opened again at the next flush
+# (``Recorder._let_go``): the file or its file system failed, not the transaction. A full
+# disk or a lock held by another process (SQLITE_FULL, SQLITE_BUSY) keeps the connection.
+_FILE_FAILED = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN})
+
+
+def _file_failed(exc: Exception) -> bool:
+    if isinstance(exc, ValueError):  # aiosqlite: the connection is gone
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)  # extended code; the low byte is the primary
+    return isinstance(code, int) and code & 0xFF in _FILE_FAILED
+
 
 _ADD_DROPPED = """
 INSERT INTO meta (key, value) VALUES ('dropped', ?)
@@ -380,6 +402,19 @@ def _argument(text: str) -> str:
     return text[: schema.MAX_ARGUMENT - 1] + "…"
 
 
+def _text(value: str | None) -> str | None:
+    """Client text as SQLite takes it. The FTP codec keeps bytes that are not UTF-8 as lone
+    surrogates (``surrogateescape``), which SQLite refuses, failing the whole batch with
+    them: they are stored as a visible ``\\xNN`` instead."""
+    if value is None or value.isascii():
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte became
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _rejection_rows(pending: dict[_Key, _Pending]) -> Iterator[tuple[Any, ...]]:
     for (day, listener, address, monitor), p in pending.items():
         yield (
@@ -392,7 +427,7 @@ def _rejection_rows(pending: dict[_Key, _Pending]) -> Iterator[tuple[Any, ...]]:
             p.count,
             str(p.reason),
             p.rule,
-            p.user,
+            _text(p.user),
         )
 
 
@@ -410,7 +445,7 @@ def _session_rows(records: Iterable[SessionRecord]) -> Iterator[tuple[Any, ...]]
             r.local,
             r.bytes_up,
             r.bytes_down,
-            r.user,
+            _text(r.user),
             r.files_sent,
             r.files_received,
             r.would_reject,
@@ -419,7 +454,8 @@ def _session_rows(records: Iterable[SessionRecord]) -> Iterator[tuple[Any, ...]]
 
 def _tally_rows(pending: dict[Any, _Tally]) -> Iterator[tuple[Any, ...]]:
     for key, t in pending.items():
-        yield (*key, schema.utc_text(t.first), schema.utc_text(t.last), t.count)
+        texts = (_text(k) if isinstance(k, str) else k for k in key)  # user, argument
+        yield (*texts, schema.utc_text(t.first), schema.utc_text(t.last), t.count)
 
 
 def _ban_rows(bans: Iterable[Ban]) -> Iterator[tuple[Any, ...]]:
@@ -476,6 +512,30 @@ def _location_rows(locator: GeoLocator, addresses: Iterable[str]) -> list[tuple[
     return rows
 
 
+def tuning_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``flush_interval`` and ``max_pending`` from ``GATEKEEPER_FLUSH_INTERVAL`` and
+    ``GATEKEEPER_MAX_PENDING`` when set (meant for tests): keyword arguments of ``Recorder``.
+    A value that is not a positive number is a warning, and the default stays."""
+    env = os.environ if environ is None else environ
+    tuning: dict[str, Any] = {}
+    for name, key, kind in (
+        (FLUSH_INTERVAL_ENV, "flush_interval", float),
+        (MAX_PENDING_ENV, "max_pending", int),
+    ):
+        text = env.get(name)
+        if not text:
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value > 0:
+            tuning[key] = value
+        else:
+            log.warning("%s=%r is not a positive number; using the default", name, text)
+    return tuning
+
+
 class Recorder:
     """Implements ``events.Sink``. ``start()`` it inside the event loop, ``close()`` at stop."""
 
@@ -483,9 +543,9 @@ class Recorder:
         self,
         database: Path,
         *,
-        flush_interval: float = 1.0,
+        flush_interval: float = FLUSH_INTERVAL,
         retention: float = 400 * 86400,
-        max_pending: int = 200_000,
+        max_pending: int = MAX_PENDING,
         locator: GeoLocator | None = None,
     ) -> None:
         self.database = Path(database)
@@ -514,6 +574,10 @@ class Recorder:
         self._day_second = -1
         self._day_text = ""
         self._failing = False  # the last flush failed (its error was logged once)
+        self._failed_at = 0.0  # when the first of the failing flushes failed
+        # The connection was closed after the file failed (``_let_go``): the next flush
+        # opens the file again.
+        self._reopen = False
         self._overflowing = False  # records are being dropped (logged once)
         self._commit_sent = False  # the running flush has sent its COMMIT
         # Told what each flush wrote (see ``Flushed``); None: nobody asks, no extra query.
@@ -609,8 +673,15 @@ class Recorder:
         self.dropped += count
         if not self._overflowing:
             self._overflowing = True
-            why = "recorder closed" if self._closed else f"{self.max_pending} records pending"
-            log.error("recorder: dropping records (%s); see 'dropped' in the database", why)
+            if self._closed:
+                why = "the recorder is closed"
+            else:
+                why = f"{self.max_pending} rows are waiting for the database (max_pending)"
+            log.error(
+                "recorder: dropping records: %s; they are counted as 'dropped' "
+                "(gatekeeper status, /metrics, and the database's meta table)",
+                why,
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -619,19 +690,39 @@ class Recorder:
         if self._db is not None or self._closed:
             raise RuntimeError("recorder already started or closed")
         try:
-            await asyncio.to_thread(schema.prepare, self.database)
-            db = await aiosqlite.connect(self.database, isolation_level=None)
+            self._db = await self._connect(create=True)
         except (sqlite3.Error, OSError) as exc:
             raise GatekeeperError(f"{self.database}: cannot open the database: {exc}") from exc
+        self._task = asyncio.create_task(self._run(), name="gatekeeper-recorder")
+
+    async def _connect(self, *, create: bool) -> Any:
+        """A connection to the database with the schema applied. ``create``: make the folder
+        and the file if missing (at start). Otherwise (opening again after the file failed)
+        a missing file is an error: a file system being repaired is unmounted, and its
+        mount point must not get a new, empty database."""
+        await asyncio.to_thread(schema.prepare, self.database, create=create)
+        db = await aiosqlite.connect(
+            schema.writable_uri(self.database), uri=True, isolation_level=None
+        )
         try:
             await db.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
             for pragma in schema.CONNECTION_PRAGMAS:
                 await db.execute(pragma)
-        except sqlite3.Error as exc:
+        except BaseException:
             await db.close()
-            raise GatekeeperError(f"{self.database}: cannot open the database: {exc}") from exc
-        self._db = db
-        self._task = asyncio.create_task(self._run(), name="gatekeeper-recorder")
+            raise
+        return db
+
+    async def _let_go(self) -> None:
+        """Close the connection after the file or its file system failed under it (an I/O
+        error, read-only, moved or deleted). Holding it would keep an administrator from
+        unmounting the file system to repair it (``umount``: busy) and would keep writing
+        to a file that may no longer be the database. The next flush opens it again."""
+        db, self._db = self._db, None
+        self._reopen = True
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await db.close()
 
     async def close(self) -> None:
         """Stop the writer, write everything pending, close the database (no purge)."""
@@ -644,7 +735,7 @@ class Recorder:
         async with self._lock:
             self._closed = True  # from here on, records are counted as dropped
             try:
-                if self._db is not None:
+                if self._db is not None or self._reopen:
                     await self._flush_locked()
             finally:
                 lost = self._batch.records()
@@ -693,8 +784,8 @@ class Recorder:
             await self._flush_locked()
 
     async def _flush_locked(self) -> bool:
-        if self._db is None:
-            return False
+        if self._db is None and not self._reopen:
+            return False  # not started, or closed
         if not (self._batch or self.dropped != self._dropped_saved or self._geo_due()):
             return True
         batch, self._batch = self._batch, _Batch()
@@ -704,19 +795,27 @@ class Recorder:
         places = None
         new: frozenset[str] = frozenset()
         try:
+            if self._db is None:
+                self._db = await self._connect(create=False)
+                self._reopen = False
             places = await self._places(batch)
             new = await self._write(batch, dropped - self._dropped_saved, places)
         except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite connection gone
             if not self._failing:
                 self._failing = True
+                self._failed_at = time.time()
                 log.error(
-                    "recorder: cannot write to %s (%s); keeping %d records pending, retrying",
+                    "recorder: cannot write to %s (%s); keeping up to %d rows in memory and "
+                    "retrying every %gs, counting what does not fit as dropped",
                     self.database,
                     exc,
-                    len(batch),
+                    self.max_pending,
+                    self.flush_interval,
                 )
             else:
                 log.debug("recorder: write still failing: %s", exc)
+            if _file_failed(exc):
+                await self._let_go()
             return False
         finally:
             self._inflight = 0
@@ -731,7 +830,12 @@ class Recorder:
         self._tell(batch, new)
         if self._failing:
             self._failing = False
-            log.warning("recorder: writing to %s again", self.database)
+            log.warning(
+                "recorder: writing to %s again after %.0fs; %d records dropped since start",
+                self.database,
+                time.time() - self._failed_at,
+                self.dropped,
+            )
         if self.pending < self.max_pending:
             self._overflowing = False
         return True
@@ -1004,7 +1108,7 @@ def lift_bans(database: Path, keys: Iterable[str], now: float | None = None) -> 
         return []
     sql = _LIFT.format(keys=", ".join("?" * len(wanted)))
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
+        conn = sqlite3.connect(schema.writable_uri(path), uri=True, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
             if schema.schema_version(conn) < _BANS_VERSION:

@@ -238,13 +238,22 @@ def apply_schema(conn: sqlite3.Connection) -> int:
     return found
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating the file and its folder if missing) read-write, schema applied.
+def writable_uri(path: Path) -> str:
+    """The URI that opens an existing database read-write and never creates one."""
+    return f"{path.resolve().as_uri()}?mode=rw"
+
+
+def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open read-write, schema applied; ``create``: the file and its folder if missing
+    (otherwise a missing file raises ``sqlite3.OperationalError``).
 
     Autocommit mode: callers write ``BEGIN``/``COMMIT`` themselves.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None)
+    else:
+        conn = sqlite3.connect(writable_uri(path), uri=True, isolation_level=None)
     try:
         apply_schema(conn)
         for pragma in CONNECTION_PRAGMAS:
@@ -255,9 +264,9 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def prepare(path: Path) -> None:
-    """Create the folder and the file if missing and apply the schema (then close)."""
-    connect(path).close()
+def prepare(path: Path, *, create: bool = True) -> None:
+    """Apply the schema (then close); ``create``: the folder and the file if missing."""
+    connect(path, create=create).close()
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -21,7 +23,14 @@ from gatekeeper.errors import GatekeeperError
 from gatekeeper.events import Ban, Login, Outcome, RefusedRequest, Rejection, SessionRecord
 from gatekeeper.rules.model import Reason
 from gatekeeper.store import schema
-from gatekeeper.store.recorder import Recorder, active_bans, lift_bans
+from gatekeeper.store.recorder import (
+    FLUSH_INTERVAL_ENV,
+    MAX_PENDING_ENV,
+    Recorder,
+    active_bans,
+    lift_bans,
+    tuning_from_env,
+)
 
 # A time zone west of UTC with DST, written POSIX-style so no tz database is needed: local
 # dates and UTC times differ in the evening, which is what these tests are about.
@@ -876,3 +885,145 @@ def test_migration_from_version_1_keeps_the_data(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert rows(db)[0]["attempts"] == 4
+
+
+# -- the file fails under the open connection --------------------------------------------------
+
+
+def _held(db: Path) -> list[str]:
+    """The database's files this process has open or mapped (the WAL index is mapped)."""
+    names = {str(db), f"{db}-wal", f"{db}-shm"}
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(f"/proc/self/fd/{fd}")) in names:
+                held.append(target)
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    return held + [line.split()[-1] for line in maps if line.split()[-1] in names]
+
+
+def _move(source: Path, target: Path) -> None:
+    for path in source.glob("gk.db*"):
+        path.rename(target / path.name)
+
+
+def _fail_next_write(rec: Recorder, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """The next transaction of ``rec``'s connection fails as SQLite would with ``code``."""
+    db = rec._db
+    real = db.execute
+
+    async def execute(sql: str, *args: Any) -> Any:
+        if sql == "BEGIN IMMEDIATE":
+            exc = sqlite3.OperationalError("disk I/O error")
+            exc.sqlite_errorcode = code  # as SQLite sets it: the extended code
+            raise exc
+        return await real(sql, *args)
+
+    monkeypatch.setattr(db, "execute", execute)
+
+
+SQLITE_IOERR_WRITE = 778  # SQLITE_IOERR | (3 << 8): what a read-only or failing disk gives
+SQLITE_FULL = 13
+
+
+def test_a_failed_file_is_let_go_and_opened_again_never_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an I/O error the recorder closes the database (so an administrator can unmount
+    and repair its file system), keeps the records, opens the file again at the next flush
+    — but never creates a new one where it went missing (an unmounted mount point)."""
+    db = tmp_path / "gk.db"
+    away = tmp_path / "repair"
+    away.mkdir()
+    caplog.set_level(logging.WARNING, logger="gatekeeper.store.recorder")
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        await settle(rec)
+        rec.rejected(reject("192.0.2.1"))
+        await rec.flush()
+        assert _held(db)
+        _fail_next_write(rec, monkeypatch, SQLITE_IOERR_WRITE)
+        rec.rejected(reject("192.0.2.1"))
+        rec.rejected(reject("192.0.2.2"))
+        await rec.flush()
+        assert rec.pending == 2
+        assert _held(db) == []  # nothing open, nothing mapped: it could be unmounted
+        _move(tmp_path, away)  # the file system goes away for repair
+        rec.rejected(reject("192.0.2.3"))
+        await rec.flush()
+        await rec.flush()
+        assert rec.pending == 3
+        assert not db.exists()  # no new, empty database in its place
+        assert _held(db) == []
+        _move(away, tmp_path)  # repaired and back
+        await rec.flush()
+        assert rec.pending == 0
+        await rec.close()
+        assert rec.dropped == 0
+
+    run(main())
+    assert {r["address"]: r["attempts"] for r in rows(db)} == {
+        "192.0.2.1": 2,
+        "192.0.2.2": 1,
+        "192.0.2.3": 1,
+    }
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot write" in m for m in messages) == 1  # the failures: one line
+    assert sum("again" in m for m in messages) == 1
+
+
+def test_a_full_disk_keeps_the_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLITE_FULL (or a lock held elsewhere) is not a broken file: the connection stays."""
+    db = tmp_path / "gk.db"
+
+    async def main() -> None:
+        rec = Recorder(db, flush_interval=3600)
+        await rec.start()
+        await settle(rec)
+        connection = rec._db
+        _fail_next_write(rec, monkeypatch, SQLITE_FULL)
+        rec.rejected(reject())
+        await rec.flush()
+        assert rec.pending == 1
+        assert rec._db is connection
+        monkeypatch.undo()
+        await rec.close()
+
+    run(main())
+    assert [r["attempts"] for r in rows(db)] == [1]
+
+
+def test_close_opens_a_let_go_file_to_write_what_is_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "gk.db"
+
+    async def main() -> Recorder:
+        rec = Recorder(db, flush_interval=3600, max_pending=1)
+        await rec.start()
+        await settle(rec)
+        _fail_next_write(rec, monkeypatch, SQLITE_IOERR_WRITE)
+        rec.rejected(reject("192.0.2.1"))
+        rec.rejected(reject("192.0.2.2"))  # does not fit: dropped
+        await rec.flush()
+        assert _held(db) == []
+        await rec.close()  # the file works again: pending rows and the dropped count written
+        return rec
+
+    rec = run(main())
+    assert rec.dropped == 1
+    assert [r["address"] for r in rows(db)] == ["192.0.2.1"]
+    assert rows(db, "SELECT value FROM meta WHERE key = 'dropped'") == [{"value": 1}]
+    assert _held(db) == []
+
+
+def test_tuning_from_the_environment(caplog: pytest.LogCaptureFixture) -> None:
+    env = {FLUSH_INTERVAL_ENV: "0.25", MAX_PENDING_ENV: "500"}
+    assert tuning_from_env(env) == {"flush_interval": 0.25, "max_pending": 500}
+    assert tuning_from_env({}) == {}
+    with caplog.at_level(logging.WARNING, logger="gatekeeper.store.recorder"):
+        assert tuning_from_env({FLUSH_INTERVAL_ENV: "soon", MAX_PENDING_ENV: "-1"}) == {}
+    assert len(caplog.records) == 2
+    assert FLUSH_INTERVAL_ENV in caplog.records[0].getMessage()
