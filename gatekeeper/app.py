@@ -24,7 +24,7 @@ from gatekeeper.geo import GeoLocator
 from gatekeeper.net.listener import Listener
 from gatekeeper.rules.engine import RuleSet
 from gatekeeper.settings import ListenerSettings, Mode, Settings
-from gatekeeper.store.recorder import Recorder
+from gatekeeper.store.recorder import Recorder, tuning_from_env
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,10 @@ class App:
         self.listeners: dict[str, Listener] = {}
         self.retired: list[Listener] = []  # removed at reload; their sessions still drain
         self.recorder = Recorder(
-            self.settings.database, retention=self.settings.retention, locator=self.locator
+            self.settings.database,
+            retention=self.settings.retention,
+            locator=self.locator,
+            **tuning_from_env(),  # GATEKEEPER_FLUSH_INTERVAL, GATEKEEPER_MAX_PENDING (tests)
         )
         # First rejections, flood summaries and syslog, from what each flush wrote.
         self.eventlog = self.recorder.observer = EventLog(self.settings.syslog)
@@ -356,7 +359,8 @@ class App:
             path = self.settings.status_file
             if path is not None:
                 try:
-                    await asyncio.to_thread(metrics.write_status, path, self._status_data())
+                    data = self._status_data()  # on the loop; open files in the thread
+                    await asyncio.to_thread(metrics.write_status, path, data, process=True)
                 except OSError as exc:
                     if not self._status_failing:
                         log.warning("status file %s: cannot write: %s", path, exc.strerror or exc)

@@ -17,7 +17,9 @@ class Outcome(StrEnum):
     CLOSED = "closed"  # either side closed normally
     IDLE = "idle-timeout"
     UPSTREAM_FAILED = "upstream-failed"  # could not connect to the upstream
-    ERROR = "error"  # reset or socket error mid-session
+    ERROR = "error"  # reset or socket error mid-session (the client's, or unknown)
+    UPSTREAM_RESET = "upstream-reset"  # the upstream reset its connection mid-session
+    LOGIN_TIMEOUT = "login-timeout"  # FTP: not signed on within timeouts.login
     SHUTDOWN = "shutdown"  # cut at stop after the drain period
     ENFORCED = "enforced"  # cut at reload because its address is now denied
     PROXY = "proxy"  # an untrusted peer sent a PROXY header after being let in

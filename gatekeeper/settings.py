@@ -48,6 +48,10 @@ class Timeouts:
     idle: float = 1800.0  # no byte either way for this long closes a session
     drain: float = 30.0  # grace period for sessions at stop
     proxy_header: float = 5.0  # a trusted sender must send its PROXY header within this
+    # FTP: from accept to the upstream's 230, or the session is cut (421). ProFTPD's
+    # TimeoutLogin has the same default: a client trickling bytes keeps ``idle`` from
+    # firing, and must not hold a connection to the IBM i open for ever before signing on.
+    login: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

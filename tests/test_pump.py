@@ -273,6 +273,45 @@ def test_peer_reset_ends_the_pump_and_resets_the_other_side(run, stack) -> None:
     run(main)
 
 
+async def read_until_reset(sock: socket.socket) -> bytes:
+    """Everything until EOF or a reset."""
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    with contextlib.suppress(ConnectionResetError):
+        while data := await loop.sock_recv(sock, 1 << 20):
+            got += data
+    return bytes(got)
+
+
+def test_reset_behind_queued_bytes_is_seen(run) -> None:
+    """A peer sends bytes and resets at once (in a thread, as a real peer would): the pump
+    must still end. uvloop calls a reader once for an error and then never again, so a
+    pump that read the queued bytes in that call and went on waiting hung for ever here
+    (on the first of these rounds, most times). ``broken_end`` names the reset side."""
+    payload = os.urandom(1 << 20)
+
+    def blurt_and_reset(sock: socket.socket) -> None:
+        sock.setblocking(True)
+        sock.sendall(payload)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, pump_module._LINGER_RESET)
+        sock.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(10):
+            with contextlib.ExitStack() as stack:
+                rig = Rig(stack)
+                pump = rig.pump()
+                sender = loop.run_in_executor(None, blurt_and_reset, rig.peer_b)
+                # A pump that missed the reset would never end this read.
+                got = await asyncio.wait_for(read_until_reset(rig.peer_a), 10)
+                await sender
+                assert isinstance(await rig.ended(), ConnectionResetError)
+                assert pump.broken_end == "b" and got == payload[: len(got)]
+
+    run(main)
+
+
 def test_write_to_a_gone_peer_ends_the_pump(run, stack) -> None:
     async def main() -> None:
         rig = Rig(stack)

@@ -105,6 +105,8 @@ class Splice:
     def __init__(self, on_done: Callable[[Splice], None]) -> None:
         self.sides: list[_Side] = []
         self.on_done = on_done
+        self.loop = asyncio.get_running_loop()
+        self.last_active = self.loop.time()  # of the last byte either way (idle timeout)
         self.bytes = [0, 0]  # bytes read from side 0, from side 1
         self._lost = 0
         self._eof = [False, False]
@@ -136,6 +138,7 @@ class Splice:
 
     def _data(self, side: _Side, data: bytes) -> None:
         self.bytes[side.index] += len(data)
+        self.last_active = self.loop.time()
         other = self.other(side).transport
         if other is not None and not other.is_closing():
             other.write(data)
@@ -279,6 +282,15 @@ class DataChannel:
         self._headers: dict[socket.socket, tuple[ProxyParser, str]] = {}
         self._timer = self.loop.call_later(ACCEPT_TIMEOUT, self._accept_timeout)
         self.loop.add_reader(sock.fileno(), self._accept)
+
+    @property
+    def last_active(self) -> float | None:
+        """Loop time of the last byte relayed either way; None before the relaying starts."""
+        if self.pump is not None:
+            return self.pump.last_active
+        if self.splice is not None:
+            return self.splice.last_active
+        return None
 
     @property
     def plain(self) -> bool:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from gatekeeper.events import Outcome
 from gatekeeper.net.pump import Pump
-from gatekeeper.net.relay import CLOSE_LINGER
+from gatekeeper.net.relay import CLOSE_LINGER, keep_alive
 
 if TYPE_CHECKING:
     from gatekeeper.net.listener import Listener
@@ -170,6 +170,7 @@ class PlainSession:
         for sock in (client, upstream):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keep_alive(sock)
         with contextlib.suppress(OSError):
             host, port = upstream.getsockname()[:2]
             self.local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -189,8 +190,12 @@ class PlainSession:
             return
         idle = self.listener.settings.timeouts.idle
         if self.loop.time() - self.pump.last_active >= idle:
-            log.info("%s: idle for %.0fs on %s, closing", self.address, idle, self.listener.name)
+            log.info("%s: idle for %gs on %s, closing", self.address, idle, self.listener.name)
             self.close(Outcome.IDLE)
+            if not self.pump.closed:
+                # Bytes are still pending for a side that took none for ``idle`` seconds:
+                # it is not reading, and lingering for it would only hold the session.
+                self.pump.abort()
         else:
             self._arm_idle()
 
@@ -234,7 +239,15 @@ class PlainSession:
     def _pumped(self, pump: Pump, exc: Exception | None) -> None:
         """The pump is done and has closed both sockets."""
         if exc is not None and self.outcome is Outcome.CLOSED:
-            self.outcome = Outcome.ERROR
+            # The pump's b end is the upstream: say which side broke the session.
+            upstream = pump.broken_end == "b"
+            self.outcome = Outcome.UPSTREAM_RESET if upstream else Outcome.ERROR
+            if upstream:
+                settings = self.listener.settings
+                log.warning(
+                    "%s: upstream %s of %s broke the connection: %s",
+                    self.address, settings.upstream, settings.name, exc,
+                )  # fmt: skip
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()

@@ -140,11 +140,35 @@ class ProxyParser:
         self._trailing = bytearray()
 
     def receive_data(self, data: bytes) -> None:
-        """Add bytes received from the sender."""
+        """Add bytes received from the sender.
+
+        At most ``max_size`` bytes are ever buffered before the header is known: a header
+        is never longer, so a full buffer always settles it (a header, or an error that
+        ``next_event`` raises), and what came after a header goes to ``trailing``.
+        """
         if self._header is not None:
             self._trailing += data
-        elif self._error is None:
+            return
+        if self._error is not None:
+            return
+        room = self._max_size - len(self._buffer)
+        if len(data) <= room:
             self._buffer += data
+            return
+        self._buffer += data[:room]
+        self._settle()
+        if self._header is not None:
+            self._trailing += data[room:]
+
+    def _settle(self) -> None:
+        """Parse the full buffer now; keep the header or the error for ``next_event``."""
+        try:
+            event = self.next_event()
+        except ProtocolError:
+            return
+        if event is NEED_DATA:  # cannot happen (see receive_data); never buffer more
+            self._error = f"PROXY header longer than {self._max_size} bytes"
+            self._buffer.clear()
 
     def next_event(self) -> ProxyHeader | NeedData:
         """The header once complete, else ``NEED_DATA``; ``ProtocolError`` if malformed."""

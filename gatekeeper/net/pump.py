@@ -26,10 +26,11 @@ Ending: EOF from a source is passed on as ``shutdown(SHUT_WR)`` once everything 
 written, and the other direction goes on (half-close, as TCP). When both directions are
 done the sockets are closed. An error on either side (a reset, a broken pipe, anything
 unexpected) ends the pump at once: both sockets are closed with ``SO_LINGER`` 0 (RST), as
-what is pending is moot. ``close()`` stops reading and ends once the pending bytes are
-written; ``abort()`` is the immediate, resetting end. In every case the owner's ``on_done``
-is called exactly once, after both sockets and the pipes are closed; it may be called from
-within ``close()`` or ``abort()``, and never from ``start()``.
+what is pending is moot; ``broken_end`` then says which end was reset, so the owner can
+tell a client's reset from the upstream's. ``close()`` stops reading and ends once the
+pending bytes are written; ``abort()`` is the immediate, resetting end. In every case the
+owner's ``on_done`` is called exactly once, after both sockets and the pipes are closed;
+it may be called from within ``close()`` or ``abort()``, and never from ``start()``.
 """
 
 from __future__ import annotations
@@ -97,6 +98,30 @@ def _open_pipe() -> tuple[int, int, int] | None:
     return r, w, size
 
 
+def _raise_pending_error(sock: socket.socket) -> None:
+    """Raise the error a socket holds (a reset), if any, after a read that got bytes.
+
+    uvloop (libuv's poll handles) calls a reader once when its socket reports an error and
+    then drops the registration for good. When a reset arrives behind bytes still queued,
+    that one call reads the bytes, not the error, and no further call would ever come: the
+    direction would wait for ever. One ``getsockopt`` per read that goes on reading finds
+    the reset at once (with the standard loop, which keeps calling, it is found as early).
+    """
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
+def _broken(sock: socket.socket) -> bool:
+    """Has this connection been reset? A reset puts the socket in the CLOSE state, where
+    ``getpeername()`` fails (ENOTCONN), while a healthy or half-closed one still answers."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return True
+    return False
+
+
 class _Way:
     """One direction of a pump: bytes read from ``src`` and written to ``dst``."""
 
@@ -135,7 +160,9 @@ class Pump:
     the error that ended it (None for an orderly end, ``close()`` or ``abort()``).
     """
 
-    __slots__ = ("_a", "_ab", "_b", "_ba", "_loop", "_on_done", "_state", "last_active")
+    __slots__ = (
+        "_a", "_ab", "_b", "_ba", "_loop", "_on_done", "_state", "broken_end", "last_active",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -154,6 +181,9 @@ class Pump:
         self._on_done: Callable[[Pump, Exception | None], None] | None = on_done
         self._state = _NEW
         self.last_active = loop.time()  # of the last byte moved either way
+        # When an error ended the pump: "a" or "b", the end whose connection broke (reset
+        # by its peer), None if neither looks broken (or no error).
+        self.broken_end: str | None = None
 
     # -- what the owner sees --------------------------------------------------------------
     @property
@@ -233,12 +263,14 @@ class Pump:
     def _writable(self, way: _Way) -> None:
         if self._state == _CLOSED:
             return
+        moved = way.moved
         try:
             drained = self._flush(way)
         except Exception as exc:
             self._fail(exc)
             return
-        self.last_active = self._loop.time()
+        if way.moved != moved:
+            self.last_active = self._loop.time()
         if not drained:
             return
         self._stop_write(way)
@@ -269,6 +301,8 @@ class Pump:
             self._want_write(way)
         if n == len(buf) and way.can_splice:  # bulk: splice from the next read on
             self._to_splice(way)
+        if way.reading:
+            _raise_pending_error(way.src)
 
     def _to_splice(self, way: _Way) -> None:
         pipe = _open_pipe()
@@ -297,6 +331,8 @@ class Pump:
         if not self._flush(way):
             self._stop_read(way)
             self._want_write(way)
+        else:
+            _raise_pending_error(way.src)
 
     def _flush(self, way: _Way) -> bool:
         """Write what is pending (kept bytes first, then the pipe); True once all is out."""
@@ -361,6 +397,7 @@ class Pump:
 
     def _fail(self, exc: Exception) -> None:
         if self._state != _CLOSED:
+            self.broken_end = "a" if _broken(self._a) else "b" if _broken(self._b) else None
             self._finish(exc, reset=True)
 
     def _finish(self, exc: Exception | None, *, reset: bool) -> None:

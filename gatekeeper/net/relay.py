@@ -10,7 +10,9 @@ never makes memory grow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -35,6 +37,22 @@ EARLY_LIMIT = 64 * 1024
 # the session is cut (a peer that neither reads nor closes must not hold it forever).
 CLOSE_LINGER = 60.0
 REPLY_421 = b"421 Service not available, closing control connection.\r\n"
+
+
+def keep_alive(sock: socket.socket | None) -> None:
+    """Turn on TCP keepalive (HAProxy's ``clitcpka``/``srvtcpka``): a peer that vanished
+    without a FIN or a RST (power cut, a NAT or firewall forgetting the flow) is found by
+    the kernel's probes even under a long ``timeouts.idle``. The timers are the system's
+    (``net.ipv4.tcp_keepalive_time``, 2 hours unless tuned). ``sock`` may be a transport's
+    socket (uvloop's stands in for one), or None when the transport has none."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+def timeout_reply(what: str, seconds: float) -> bytes:
+    """The 421 an FTP client gets when a timeout ends its session (ProFTPD's wording)."""
+    return f"421 {what} timeout ({seconds:g} seconds): closing control connection.\r\n".encode()
 
 
 class Relay:
@@ -86,6 +104,7 @@ class Relay:
     def begin(self) -> None:
         """Connect to the upstream in a task; the client stays paused until it is up."""
         self.listener.opened(self)
+        keep_alive(self.client.get_extra_info("socket"))
         self.task = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -100,7 +119,7 @@ class Relay:
         except (OSError, TimeoutError) as exc:
             log.warning(
                 "%s: upstream %s of listener %s unreachable: %s",
-                self.address, target, settings.name, exc or "timed out",
+                self.address, target, settings.name, str(exc) or "timed out",
             )  # fmt: skip
             self.outcome = Outcome.UPSTREAM_FAILED
             self.listener.upstream_failures += 1
@@ -118,6 +137,7 @@ class Relay:
             return
         self.upstream = transport
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        keep_alive(transport.get_extra_info("socket"))
         sockname = transport.get_extra_info("sockname")
         if sockname:
             host = sockname[0]
@@ -129,7 +149,7 @@ class Relay:
         if self.client_eof and transport.can_write_eof():
             transport.write_eof()
         self.client.resume_reading()
-        self._arm_idle()
+        self._arm_idle(self.last_active)
 
     def close(self, outcome: Outcome | None = None) -> None:
         """Close both sides, flushing what is buffered; the record is written when both are gone."""
@@ -147,6 +167,19 @@ class Relay:
         if self.upstream is not None:
             self.upstream.close()
 
+    def expire(self, outcome: Outcome, reply: bytes | None = None) -> None:
+        """A timeout ended the session: tell an FTP client why (``reply``), close both sides,
+        and cut at once a side that is not reading: nothing it would take has moved for a
+        while, so lingering for it would only hold the session open."""
+        if self.closed:
+            return
+        if reply is not None and not self.client.is_closing():
+            self.send_client(reply)
+        self.close(outcome)
+        for transport in (self.client, self.upstream):
+            if transport is not None and transport.get_write_buffer_size():
+                transport.abort()
+
     def abort(self, outcome: Outcome) -> None:
         """Cut both sides now (stop after the drain period, enforced reload)."""
         self.close(outcome)
@@ -162,13 +195,33 @@ class Relay:
             if self.upstream is not None:
                 self.upstream.abort()
 
-    def _side_lost(self, exc: Exception | None) -> None:
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.ftp is not None and not self.closed:
+            # The upstream reset the control connection: an FTP client gets a reply and an
+            # orderly close, not a reset (the inspector only ever passes whole replies on,
+            # so the 421 cannot land in the middle of one).
+            log.warning(
+                "%s: upstream %s of %s reset the connection: %s",
+                self.address, self.listener.settings.upstream, self.listener.name, exc,
+            )  # fmt: skip
+            if self.outcome is Outcome.CLOSED:
+                self.outcome = Outcome.UPSTREAM_RESET
+            if not self.client.is_closing():
+                self.send_client(REPLY_421)
+            self._lost += 1
+            self.close()
+            if self._lost == 2:
+                self._finish()
+            return
+        self._side_lost(exc, Outcome.UPSTREAM_RESET)
+
+    def _side_lost(self, exc: Exception | None, broken: Outcome = Outcome.ERROR) -> None:
         self._lost += 1
         if exc is not None:
             # A side broke (reset): what is buffered for the other side is moot; cut it too,
             # or a peer stuck writing to us would hold the session open.
             if self.outcome is Outcome.CLOSED:
-                self.outcome = Outcome.ERROR
+                self.outcome = broken
             self.close()
             self.client.abort()
             if self.upstream is not None:
@@ -212,19 +265,25 @@ class Relay:
         )
 
     # -- idle timeout -----------------------------------------------------------------
-    def _arm_idle(self) -> None:
+    def _arm_idle(self, last: float) -> None:
         idle = self.listener.settings.timeouts.idle
-        self.idle_handle = self.loop.call_at(self.last_active + idle, self._check_idle)
+        self.idle_handle = self.loop.call_at(last + idle, self._check_idle)
 
     def _check_idle(self) -> None:
         if self.closed:
             return
         idle = self.listener.settings.timeouts.idle
-        if self.loop.time() - self.last_active >= idle:
-            log.info("%s: idle for %.0fs on %s, closing", self.address, idle, self.listener.name)
-            self.close(Outcome.IDLE)
+        last = self.last_active
+        if self.ftp is not None:  # a transfer on the data connection is activity too
+            data = self.ftp.data_active()
+            if data is not None and data > last:
+                last = data
+        if self.loop.time() - last >= idle:
+            log.info("%s: idle for %gs on %s, closing", self.address, idle, self.listener.name)
+            reply = timeout_reply("Idle", idle) if self.ftp is not None else None
+            self.expire(Outcome.IDLE, reply)
         else:
-            self._arm_idle()
+            self._arm_idle(last)
 
     # -- client side (called by FrontProtocol) ----------------------------------------
     def client_data(self, data: bytes) -> None:
@@ -280,7 +339,9 @@ class Relay:
             )  # fmt: skip
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             side = "client" if client else f"upstream {settings.upstream}"
-            log.warning("%s: TLS with the %s failed: %s", self.address, side, exc or "timed out")
+            log.warning(
+                "%s: TLS with the %s failed: %s", self.address, side, str(exc) or "timed out"
+            )
             if not client and not self.closed:
                 self.client.write(REPLY_421)
             self.close(Outcome.ERROR)
@@ -361,7 +422,7 @@ class _Upstream(asyncio.Protocol):
         return upstream is None or upstream.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.relay._side_lost(exc)
+        self.relay.upstream_lost(exc)
 
     def pause_writing(self) -> None:  # the upstream is slow: stop reading the client
         self.relay.client.pause_reading()

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Daemon, Upstream
+from tests.integration.fake_ftp import FakeFtp
+from tests.integration.harness import BANNER, Daemon, SilentUpstream, Upstream
 
 BIG = 6 * 1024 * 1024 + 123  # several megabytes, not a multiple of any buffer size
 
@@ -42,3 +43,33 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield make
     for d in made:
         d.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[Callable[..., FakeFtp]]:
+    """Make scripted FTP upstreams: ``fake(*faults, size=..., trickle=...)``."""
+    made: list[FakeFtp] = []
+
+    def make(*faults: str | None, **kw: Any) -> FakeFtp:
+        server = FakeFtp(tuple(faults), **kw)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[Callable[..., SilentUpstream]]:
+    """Make upstreams that never read: ``silent(banner)``."""
+    made: list[SilentUpstream] = []
+
+    def make(banner: bytes = BANNER) -> SilentUpstream:
+        server = SilentUpstream(banner)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()

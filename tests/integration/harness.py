@@ -7,6 +7,7 @@ addresses (listeners use port 0) from the daemon's own notifications, never by s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -87,6 +88,74 @@ class Upstream:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class SilentUpstream:
+    """An upstream that accepts, sends ``banner`` and never reads: what is sent to it piles
+    up in the kernel's buffers until the sender must stop. Holds its connections until
+    ``close()``; counts them, and the ones whose peer has gone (EOF or reset)."""
+
+    def __init__(self, banner: bytes = BANNER) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.banner = banner
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            if self.banner:
+                conn.sendall(self.banner)
+            self.held.append(conn)
+
+    @property
+    def connections(self) -> int:
+        return len(self.held)
+
+    def gone(self) -> int:
+        """Held connections whose peer has closed or reset (looked at without reading:
+        a peek at a connection whose receive queue is full never says EOF, so the TCP
+        state is asked instead)."""
+        return sum(_tcp_state(c) not in (_TCP_ESTABLISHED,) for c in self.held)
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+_TCP_ESTABLISHED = 1  # tcp_states.h
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of a socket (first byte of ``struct tcp_info``)."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return -1
+
+
+def open_files(pid: int) -> int:
+    """File descriptors a process holds now."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def daemon_status(daemon: Daemon, path: Path | None = None) -> dict[str, Any]:
+    """The status file the daemon rewrites every second (``{}`` until the first one);
+    ``path``: the configured ``status_file``, if not the default next to the database."""
+    if path is None:
+        path = daemon.database.with_name(daemon.database.name + ".status.json")
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):  # not yet written (renames are atomic)
+        return {}
+    return data
 
 
 def free_port() -> int:
@@ -184,6 +253,23 @@ class Daemon:
         code = self.proc.wait(timeout)
         self.log.close()
         return code
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: nothing is flushed or closed."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(WAIT)
+        self.log.close()
+
+    def limit_file_size(self, limit: int | None) -> None:
+        """Set the running daemon's ``RLIMIT_FSIZE`` soft limit (None: unlimited): writing
+        past ``limit`` bytes into any file then fails with EFBIG, as on a full disk, and
+        works again when it is lifted. No privilege needed (the hard limit stays)."""
+        assert self.proc is not None
+        value = "unlimited" if limit is None else str(limit)
+        subprocess.run(
+            ["prlimit", f"--pid={self.proc.pid}", f"--fsize={value}:"], check=True, timeout=WAIT
+        )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -142,6 +142,10 @@ def test_client_that_never_reads_is_bounded(daemon, upstream: Upstream) -> None:
         assert sent < 96 << 20  # kernel buffers and at most a pipe per direction
         rss = rss_kib(d.proc.pid)
         assert rss < 200 * 1024, f"daemon RSS {rss} KiB while a client never reads"
+        with connect(d.address("t"), timeout=5.0) as other:  # other sessions go on meanwhile
+            assert recv_exactly(other, len(BANNER)) == BANNER
+            other.sendall(b"still served")
+            assert recv_exactly(other, 12) == b"still served"
     assert d.stop() == 0
 
 
