@@ -10,7 +10,7 @@ CONFIG ?= config/gatekeeper.yaml
 # generator for its smoke test), installed from Debian's packages when missing.
 SYSTEM_TOOLS ?= curl chromium gcc
 
-.PHONY: run test bench check lint typecheck system-deps systemd-analyze install clean
+.PHONY: run test bench soak check lint typecheck system-deps systemd-analyze install clean
 
 $(BIN)/gatekeeper: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ test: $(BIN)/gatekeeper system-deps systemd-analyze lint typecheck
 bench: $(BIN)/gatekeeper
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.run_all
+
+## The soak mode: tests/fuzz with millions of cases, then the hard-to-break integration tests
+## in a loop until the time is up (benchmarks/soak.py). SOAK_MINUTES=1 is a quick check.
+SOAK_MINUTES ?= 60
+soak: $(BIN)/gatekeeper system-deps
+	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES)
 
 ## systemd-analyze, for the tests of the units in systemd/ (verify, security): Debian's
 ## systemd package, installed only when the program is missing (nothing is started).

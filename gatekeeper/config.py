@@ -104,6 +104,25 @@ def default_config_path() -> Path:
 # Scalars: durations, host:port, networks, network lists
 
 
+# A value quoted in a problem message is cut to this many characters: a 1 MB line in a
+# blocklist (or a 1 MB scalar in YAML) must not make a 1 MB message, twenty times over.
+MAX_SHOWN = 64
+PATH_SHOWN = 256  # a path named in a message (a real one is shorter; PATH_MAX is 4096)
+
+
+def _cut(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` for a message, unquoted, cut to about ``limit`` characters."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut to about ``MAX_SHOWN`` characters."""
+    if isinstance(value, str) and len(value) > MAX_SHOWN:
+        return repr(value[:MAX_SHOWN]) + "…"
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+
+
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
 _DURATION = re.compile(
     r"(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?:ms|s|m|h|d|w)\s*)+", re.IGNORECASE
@@ -115,7 +134,7 @@ _DURATION_HELP = "write a number and a unit: 30s, 10m, 1h, 7d (a bare number is 
 def parse_duration(value: str | int | float) -> float:
     """``"30s"``, ``"10m"``, ``"1h"``, ``"7d"``, ``"1h30m"`` or a bare number of seconds."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"bad duration {value!r}: {_DURATION_HELP}")
+        raise ValueError(f"bad duration {_shown(value)}: {_DURATION_HELP}")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
@@ -124,15 +143,15 @@ def parse_duration(value: str | int | float) -> float:
             seconds = float(text)
         except ValueError:
             if not _DURATION.fullmatch(text):
-                raise ValueError(f"bad duration {value!r}: {_DURATION_HELP}") from None
+                raise ValueError(f"bad duration {_shown(value)}: {_DURATION_HELP}") from None
             seconds = sum(
                 float(num) * _UNIT_SECONDS[unit.lower()]
                 for num, unit in _DURATION_PART.findall(text)
             )
     if not math.isfinite(seconds):
-        raise ValueError(f"bad duration {value!r}: {_DURATION_HELP}")
+        raise ValueError(f"bad duration {_shown(value)}: {_DURATION_HELP}")
     if seconds < 0:
-        raise ValueError(f"bad duration {value!r}: a duration cannot be negative")
+        raise ValueError(f"bad duration {_shown(value)}: a duration cannot be negative")
     return seconds
 
 
@@ -146,11 +165,11 @@ def _check_host(host: str, text: str) -> str:
     except ValueError:
         pass
     if re.fullmatch(r"[0-9.]+", host):
-        raise ValueError(f"bad address {host!r} in {text!r}: not a valid IPv4 address")
+        raise ValueError(f"bad address {_shown(host)} in {_shown(text)}: not a valid IPv4 address")
     labels = host.rstrip(".").split(".")
     if len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
         raise ValueError(
-            f"bad host {host!r} in {text!r}: write an IP address or a host name "
+            f"bad host {_shown(host)} in {_shown(text)}: write an IP address or a host name "
             "(letters, digits, '-' and '.')"
         )
     return host.lower()
@@ -163,7 +182,8 @@ def parse_host_port(
     example = '"0.0.0.0:21"' if allow_port_zero else '"ibmi.example.com:21"'
     if not isinstance(value, str):
         raise ValueError(
-            f'bad {what} {value!r}: write host:port in quotes, e.g. {example} (IPv6: "[::]:21")'
+            f"bad {what} {_shown(value)}: write host:port in quotes, e.g. {example} "
+            '(IPv6: "[::]:21")'
         )
     text = value.strip()
     bracketed = re.fullmatch(r"\[([^\]]*)\]:([^:]*)", text)
@@ -173,27 +193,32 @@ def parse_host_port(
             host = str(ipaddress.IPv6Address(host))
         except ValueError:
             raise ValueError(
-                f"bad {what} {text!r}: {host!r} in brackets is not an IPv6 address"
+                f"bad {what} {_shown(text)}: {_shown(host)} in brackets is not an IPv6 address"
             ) from None
     elif text.startswith("["):
-        raise ValueError(f"bad {what} {text!r}: write [IPv6 address]:port, e.g. [::1]:21")
+        raise ValueError(f"bad {what} {_shown(text)}: write [IPv6 address]:port, e.g. [::1]:21")
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep:
-            raise ValueError(f"bad {what} {text!r}: the port is missing; write e.g. {example}")
+            raise ValueError(
+                f"bad {what} {_shown(text)}: the port is missing; write e.g. {example}"
+            )
         if ":" in host:
             raise ValueError(
-                f"bad {what} {text!r}: write an IPv6 address in brackets, e.g. [{host}]:{port_text}"
+                f"bad {what} {_shown(text)}: write an IPv6 address in brackets, "
+                f"e.g. [{_cut(host)}]:{_cut(port_text)}"
             )
         if not host:
             raise ValueError(
-                f"bad {what} {text!r}: the host is missing; write e.g. 0.0.0.0:{port_text} "
+                f"bad {what} {_shown(text)}: the host is missing; write e.g. 0.0.0.0:{port_text} "
                 f"(every IPv4 address) or [::]:{port_text} (every address)"
             )
         host = _check_host(host, text)
     lowest = 0 if allow_port_zero else 1
     if not port_text.isascii() or not port_text.isdigit() or not lowest <= int(port_text) <= 65535:
-        raise ValueError(f"bad {what} {text!r}: the port must be a number from {lowest} to 65535")
+        raise ValueError(
+            f"bad {what} {_shown(text)}: the port must be a number from {lowest} to 65535"
+        )
     return HostPort(host, int(port_text))
 
 
@@ -211,7 +236,7 @@ def network_from_text(text: str) -> Network:
     except ValueError:
         pass
     else:
-        raise ValueError(f"bad network {t!r}: {t} has host bits set; did you mean {loose}?")
+        raise ValueError(f"bad network {_shown(t)}: {t} has host bits set; did you mean {loose}?")
     if re.fullmatch(r"[0-9a-fA-F.:]+\s*-\s*[0-9a-fA-F.:]+", t):
         detail = "address ranges are not supported"
     else:
@@ -225,9 +250,11 @@ def network_from_text(text: str) -> Network:
             try:
                 family(t)
             except ValueError as exc:
-                detail = str(exc)
+                detail = str(exc)  # ipaddress quotes the text whole: cut it
+                if len(detail) > 2 * MAX_SHOWN:
+                    detail = detail[: 2 * MAX_SHOWN] + "…"
     raise ValueError(
-        f"bad network {t!r}: {detail}; write a CIDR such as 10.0.0.0/8 or 2001:db8::/32, "
+        f"bad network {_shown(t)}: {detail}; write a CIDR such as 10.0.0.0/8 or 2001:db8::/32, "
         "or a single address"
     )
 
@@ -341,15 +368,63 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"  # YAML 1.2 has none: 2024-01-01 is text
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"  # YAML 1.1's "<<" key; YAML 1.2 has none
+# Collections inside collections. Real files nest four or five deep (listeners, a listener,
+# its tls); PyYAML composes recursively, so thousands of "[" would exhaust Python's stack.
+MAX_YAML_DEPTH = 64
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars (no ``NO`` → False, no base 60, no dates)."""
+    """SafeLoader with YAML 1.2 scalars (no ``NO`` → False, no base 60, no dates), hardened.
+
+    Hostile files get a problem with a line, never an exception or unbounded work: nesting
+    deeper than ``MAX_YAML_DEPTH`` is refused while composing; merge keys (``<<``, YAML 1.1
+    only) are plain keys, and an explicit ``!!merge`` tag is refused (each merge copies the
+    merged mapping's pairs, so merges of merges grow exponentially: a "billion laughs");
+    a value its constructor cannot read (``!!timestamp foo``, an integer of 5,000 digits)
+    is a problem at its line.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        for key, _ in node.value:
+            if key.tag == _MERGE_TAG:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "merge keys (!!merge) are not supported", key.start_mark
+                )
+        super().flatten_mapping(node)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception:  # ValueError, AttributeError...: a value it cannot read
+            kind = node.tag.rsplit(":", 1)[-1]
+            value = _shown(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {value} as {kind}", node.start_mark
+            ) from None
 
 
 _Loader.yaml_implicit_resolvers = {
     first: [
         (tag, rx)
         for tag, rx in resolvers
-        if tag not in (_BOOL_TAG, _INT_TAG, _FLOAT_TAG, _TIMESTAMP_TAG)
+        if tag not in (_BOOL_TAG, _INT_TAG, _FLOAT_TAG, _TIMESTAMP_TAG, _MERGE_TAG)
     ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
@@ -421,6 +496,8 @@ def _yaml_problem(exc: yaml.YAMLError, file: str, text: str) -> Problem:
         if exc.context_mark is not None and exc.context_mark.line + 1 != line:
             context += f" at line {exc.context_mark.line + 1}"
         what = f"{what} ({context})"
+    if len(what) > 4 * MAX_SHOWN:  # PyYAML quotes names (of aliases, tags) in full
+        what = what[: 4 * MAX_SHOWN] + "…"
     hint = "check the indentation and the quoting on this line"
     if "'\\t'" in what:
         hint = "indent with spaces, not tabs"
@@ -432,6 +509,12 @@ def _yaml_problem(exc: yaml.YAMLError, file: str, text: str) -> Problem:
         hint = "a file holds one YAML document: remove the second '---'"
     elif "could not determine a constructor" in what:
         hint = "remove the '!' tag; plain values are enough"
+    elif "cannot read" in what:
+        hint = "quote the value, or remove its '!!' tag"
+    elif "levels deep" in what:
+        hint = "close the brackets opened above, or flatten the structure"
+    elif "merge keys" in what:
+        hint = "write the keys out instead of merging them"
     return Problem(file, line, f"YAML syntax error: {what}; {hint}")
 
 
@@ -454,7 +537,8 @@ def _duplicate_keys(root: yaml.Node, file: str) -> list[Problem]:
                             Problem(
                                 file,
                                 line,
-                                f"duplicate key {key.value!r} (first at line {first[key.value]}); "
+                                f"duplicate key {_shown(key.value)} "
+                                f"(first at line {first[key.value]}); "
                                 "YAML would keep only the last one: remove or merge one of them",
                             )
                         )
@@ -467,16 +551,19 @@ def _duplicate_keys(root: yaml.Node, file: str) -> list[Problem]:
 
 
 def _parse_yaml(text: str, file: str) -> tuple[_Doc | None, list[Problem]]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses characters YAML forbids (NUL...) here
+    except yaml.YAMLError as exc:
+        return None, [_yaml_problem(exc, file, text)]
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         return None, [_yaml_problem(exc, file, text)]
-    except RecursionError:
-        return None, [Problem(file, None, "YAML error: nested too deeply")]
+    except RecursionError:  # a safety net: MAX_YAML_DEPTH comes first
+        return None, [Problem(file, loader.line + 1, "YAML error: nested too deeply")]
     except (ValueError, TypeError, OverflowError) as exc:  # a safety net: not seen so far
-        return None, [Problem(file, None, f"YAML error: {exc}; quote the value")]
+        return None, [Problem(file, loader.line + 1, f"YAML error: {exc}; quote the value")]
     finally:
         loader.dispose()
     problems = _duplicate_keys(root, file) if root is not None else []
@@ -580,7 +667,7 @@ def _v_duration(value: object) -> float:
 def _v_positive_duration(value: object) -> float:
     seconds = _v_duration(value)
     if seconds <= 0:
-        raise ValueError(f"bad duration {value!r}: must be more than zero; {_DURATION_HELP}")
+        raise ValueError(f"bad duration {_shown(value)}: must be more than zero; {_DURATION_HELP}")
     return seconds
 
 
@@ -623,25 +710,28 @@ def _v_port_range(value: object) -> tuple[int, int]:
         raise ValueError(f"bad port range {_describe(value)}: {help_}")
     lo, hi = int(m[1]), int(m[2])
     if not (1024 <= lo <= 65535 and 1024 <= hi <= 65535):
-        raise ValueError(f"bad port range {value!r}: {help_}")
+        raise ValueError(f"bad port range {_shown(value)}: {help_}")
     if lo > hi:
         raise ValueError(
-            f'bad port range {value!r}: the first port is above the last; write "{hi}-{lo}"'
+            f'bad port range {_shown(value)}: the first port is above the last; write "{hi}-{lo}"'
         )
     return lo, hi
 
 
 def _v_rate(value: object) -> tuple[int, float]:
     help_ = 'write connections/period, e.g. "30/60s" (at most 30 new connections per minute)'
-    m = re.fullmatch(r"\s*([0-9]+)\s*/\s*(\S.*?)\s*", value) if isinstance(value, str) else None
+    # Stripped first: "(\S.*?)\s*" would take quadratic time over a long run of spaces.
+    m = re.fullmatch(r"([0-9]+)\s*/\s*(\S.*)", value.strip()) if isinstance(value, str) else None
     if m is None or int(m[1]) < 1:
         raise ValueError(f"bad rate {_describe(value)}: {help_}")
     try:
         period = parse_duration(m[2])
     except ValueError:
-        raise ValueError(f"bad rate {value!r}: {m[2]!r} is not a duration; {help_}") from None
+        raise ValueError(
+            f"bad rate {_shown(value)}: {_shown(m[2])} is not a duration; {help_}"
+        ) from None
     if period <= 0:
-        raise ValueError(f"bad rate {value!r}: the period must be more than zero; {help_}")
+        raise ValueError(f"bad rate {_shown(value)}: the period must be more than zero; {help_}")
     return int(m[1]), period
 
 
@@ -651,7 +741,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]+")
 def _v_listener_name(value: str) -> str:
     if not _NAME.fullmatch(value):
         raise ValueError(
-            f"bad listener name {value!r}: use letters, digits, '-' and '_' only (e.g. ftp)"
+            f"bad listener name {_shown(value)}: use letters, digits, '-' and '_' only (e.g. ftp)"
         )
     return value
 
@@ -711,6 +801,7 @@ class _TimeoutsModel(_Model):
     idle: PositiveDuration | None = None
     drain: Duration | None = None  # 0: stop without waiting
     proxy_header: PositiveDuration | None = None
+    login: PositiveDuration | None = None  # FTP listeners only
 
 
 class _TlsModel(_Model):
@@ -726,7 +817,7 @@ def _v_tls(value: object) -> object:
         if value.strip().lower() == "refuse":
             return {"mode": "refuse"}
         raise ValueError(
-            f"bad tls {value!r}: write tls: refuse, or "
+            f"bad tls {_shown(value)}: write tls: refuse, or "
             "tls: {mode: terminate, certificate: FILE, key: FILE, upstream: plain}"
         )
     return value
@@ -947,7 +1038,7 @@ def _describe(value: object) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    return _shown(value)
 
 
 def _unwrap(tp: Any) -> Any:
@@ -998,7 +1089,7 @@ def _error_message(err: Any, model: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         parent = _model_at(model, loc[:-1])
         expected = _keys_of(parent) if parent is not None else []
-        message = f"unknown key {loc[-1]!r}"
+        message = f"unknown key {_shown(loc[-1])}"
         if expected:
             message += f" (expected one of: {', '.join(expected)})"
             close = difflib.get_close_matches(str(loc[-1]), expected, n=1)
@@ -1162,6 +1253,12 @@ def _build_settings(cfg: _ConfigModel, doc: _Doc, path: Path) -> tuple[Settings,
                         f"{who}{key} applies to ftp listeners only; remove it "
                         f"(a {protocol} listener relays bytes untouched)",
                     )
+            if lm.timeouts is not None and lm.timeouts.login is not None:
+                problem(
+                    (*loc, "timeouts", "login"),
+                    f"{who}timeouts.login applies to ftp listeners only (the time to sign "
+                    f"on); remove it: a {protocol} listener has only timeouts.idle",
+                )
         tls = TlsSettings()
         if lm.tls is not None:
             t = lm.tls
@@ -1340,7 +1437,7 @@ def _load_config(
         if len(loc) > 2 and loc[0] == "listeners" and isinstance(loc[1], int):
             item = doc.data["listeners"][loc[1]] if isinstance(doc.data, dict) else None
             if isinstance(item, dict) and isinstance(item.get("name"), str):
-                return f"listener {item['name']!r}: "
+                return f"listener {_shown(item['name'])}: "
         return ""
 
     cfg, found = _validate(_ConfigModel, doc, prefix=prefix)
@@ -1473,7 +1570,11 @@ def _network_list(
             "; create it (it may be empty) or fix the path" if text.message == "not found" else ""
         )
         return None, [
-            Problem(referrer.file, referrer.line, f"network list {key} {text.message}{hint}")
+            Problem(
+                referrer.file,
+                referrer.line,
+                f"network list {_cut(key, PATH_SHOWN)} {text.message}{hint}",
+            )
         ]
     merged.files[key] = None
     v4, v6, problems = _parse_network_lines(text, key)
@@ -1527,8 +1628,9 @@ def _load_rule_file(path: str, ctx: _RulesContext, merged: _Merged) -> list[Prob
                         Problem(
                             path,
                             doc.line((*loc, "listeners", j)),
-                            f"listener {name!r} in 'listeners:' is not defined in "
-                            f"{ctx.config_name} (defined: {', '.join(ctx.listeners) or 'none'})",
+                            f"listener {_shown(name)} in 'listeners:' is not defined in "
+                            f"{ctx.config_name} (defined: "
+                            f"{', '.join(map(_cut, ctx.listeners)) or 'none'})",
                         )
                     )
             make = partial(
@@ -1597,7 +1699,7 @@ def _load_rules(ctx: _RulesContext) -> tuple[RulesSpec | None, list[Problem]]:
                 Problem(
                     ctx.config_file,
                     line,
-                    f"rules: {written!r} is a folder; write {written.rstrip('/')}/*.yaml "
+                    f"rules: {_shown(written)} is a folder; write {written.rstrip('/')}/*.yaml "
                     "to read the rule files in it",
                 )
             )
@@ -1608,7 +1710,7 @@ def _load_rules(ctx: _RulesContext) -> tuple[RulesSpec | None, list[Problem]]:
                 Problem(
                     ctx.config_file,
                     line,
-                    f"rule file {pattern} not found (rules: {written!r}); "
+                    f"rule file {_cut(pattern, PATH_SHOWN)} not found (rules: {_shown(written)}); "
                     "create it or fix the path",
                 )
             )
@@ -1618,7 +1720,7 @@ def _load_rules(ctx: _RulesContext) -> tuple[RulesSpec | None, list[Problem]]:
         for match in matches:
             paths[match] = None
     if not paths and not named_missing:
-        listed = ", ".join(written for written, _, _ in ctx.globs)
+        listed = ", ".join(_cut(written) for written, _, _ in ctx.globs)
         problems.append(
             Problem(
                 ctx.config_file,

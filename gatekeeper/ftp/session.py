@@ -12,9 +12,8 @@ upstream, EPSV/EPRT to an IPv6 one, whatever the client used.
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
-import re
 import socket
 import ssl
 import time
@@ -43,7 +42,7 @@ from gatekeeper.ftp.codec import (
     parse_port,
 )
 from gatekeeper.ftp.data import DataChannel, listen_on
-from gatekeeper.net.relay import REPLY_421, Relay
+from gatekeeper.net.relay import REPLY_421, Relay, timeout_reply
 from gatekeeper.rules.model import FtpPolicy, Reason
 from gatekeeper.settings import normalise_host
 
@@ -94,19 +93,34 @@ R534 = format_reply(534, "Request denied for policy reasons.")
 R550 = format_reply(550, "Requested action not taken: not permitted.")
 
 
-@functools.lru_cache(maxsize=64)
-def _user_matcher(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One regex for a deny_users list: case-insensitive, ``*`` as the only wildcard."""
-    if not patterns:
-        return None
-    alternatives = "|".join(re.escape(p).replace(r"\*", ".*") for p in patterns)
-    return re.compile(f"(?:{alternatives})", re.IGNORECASE | re.DOTALL)
+def glob_match(pattern: str, name: str) -> bool:
+    """Does ``name`` match ``pattern``, where ``*`` stands for any run of characters?
+
+    Linear: the parts between stars are found left to right, each at its first place
+    (with ``*`` the only wildcard, the leftmost place never loses a match). A regex built
+    from several stars backtracks polynomially over a 4,096-byte name on the event loop.
+    """
+    first, *middle = pattern.split("*")
+    if not middle:
+        return name == pattern
+    *middle, last = middle
+    if len(first) + len(last) > len(name) or not (name.startswith(first) and name.endswith(last)):
+        return False
+    at, end = len(first), len(name) - len(last)
+    for part in middle:
+        at = name.find(part, at, end)
+        if at < 0:
+            return False
+        at += len(part)
+    return True
 
 
 def denied_user(policy: FtpPolicy, user: str) -> bool:
     """Is ``user`` in the policy's ``deny_users`` (case-insensitive, ``*`` wildcards)?"""
-    matcher = _user_matcher(policy.deny_users)
-    return matcher is not None and matcher.fullmatch(user) is not None
+    if not policy.deny_users:
+        return False
+    name = user.upper()
+    return any(glob_match(pattern.upper(), name) for pattern in policy.deny_users)
 
 
 @dataclass(slots=True)
@@ -145,6 +159,13 @@ class FtpSession:
         ruleset = self.listener.gate.ruleset
         self.policy: FtpPolicy = ruleset.spec.ftp
         self.privileged = ruleset.is_privileged(self.address)
+        # timeouts.login: from accept to the upstream's 230 (ProFTPD's TimeoutLogin). A
+        # client trickling a byte now and then keeps the idle timeout from firing; this one
+        # it cannot put off.
+        login = self.listener.settings.timeouts.login
+        self.login_timer: asyncio.TimerHandle | None = relay.loop.call_later(
+            login, self._login_expired, login
+        )
 
     # -- bytes in -----------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
@@ -420,6 +441,7 @@ class FtpSession:
         now = time.time()
         if reply.code == 230:
             self.logged_in = True
+            self._stop_login_timer()
             self.outcome = "logged-in"
             self.listener.sink.login(Login(self.listener.name, self.address, user, True, now))
         elif reply.code == 530:
@@ -509,8 +531,28 @@ class FtpSession:
         if channel is self.data:
             self.data = None
 
+    def data_active(self) -> float | None:
+        """Loop time of the last byte on the data connection; None when none is relaying."""
+        return self.data.last_active if self.data is not None else None
+
+    def _login_expired(self, seconds: float) -> None:
+        self.login_timer = None
+        if self.logged_in or self.relay.closed:
+            return
+        log.info(
+            "%s: not signed on within %gs on %s, closing", self.address, seconds,
+            self.listener.name,
+        )  # fmt: skip
+        self.relay.expire(Outcome.LOGIN_TIMEOUT, timeout_reply("Login", seconds))
+
+    def _stop_login_timer(self) -> None:
+        if self.login_timer is not None:
+            self.login_timer.cancel()
+            self.login_timer = None
+
     def close(self) -> None:
-        """The session is over: stop any data channel."""
+        """The session is over: stop any data channel and the login timer."""
+        self._stop_login_timer()
         if self.data is not None:
             self.data.close()
 

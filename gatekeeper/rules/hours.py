@@ -15,10 +15,18 @@ from datetime import datetime
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _MINUTES_PER_DAY = 24 * 60
 _MINUTES_PER_WEEK = 7 * _MINUTES_PER_DAY
+# Matched against a stripped window: no two "\s*" may meet, or a long run of spaces would
+# take quadratic time to refuse.
 _WINDOW = re.compile(
-    r"^\s*(?:(?P<d1>[A-Za-z]{3})(?:\s*-\s*(?P<d2>[A-Za-z]{3}))?)?"
-    r"\s*(?:(?P<t1>\d{1,2}:\d{2})\s*-\s*(?P<t2>\d{1,2}:\d{2}))?\s*$"
+    r"(?:(?P<d1>[A-Za-z]{3})(?:\s*-\s*(?P<d2>[A-Za-z]{3}))?)?"
+    r"\s*(?:(?P<t1>[0-9]{1,2}:[0-9]{2})\s*-\s*(?P<t2>[0-9]{1,2}:[0-9]{2}))?"
 )
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, cut to 64 characters (a window may be a megabyte)."""
+    text = text.strip()
+    return repr(text) if len(text) <= 64 else repr(text[:64]) + "…"
 
 
 def _day(name: str) -> int:
@@ -47,15 +55,15 @@ class Hours:
         """Parse a window list; raises ValueError with a message fit for an administrator."""
         spans: list[tuple[int, int]] = []
         for part in text.split(","):
-            m = _WINDOW.match(part)
+            m = _WINDOW.fullmatch(part.strip())
             if not m or not part.strip():
-                raise ValueError(f"bad hours {part.strip()!r} (write e.g. 'Mon-Fri 07:00-19:00')")
+                raise ValueError(f"bad hours {_shown(part)} (write e.g. 'Mon-Fri 07:00-19:00')")
             first = _day(m["d1"]) if m["d1"] else 0
             last = _day(m["d2"]) if m["d2"] else (first if m["d1"] else 6)
             start = _minute(m["t1"]) if m["t1"] else 0
             end = _minute(m["t2"], end=True) if m["t2"] else _MINUTES_PER_DAY
             if end == start:
-                raise ValueError(f"empty window {part.strip()!r}: start and end are equal")
+                raise ValueError(f"empty window {_shown(part)}: start and end are equal")
             length = end - start if end > start else end + _MINUTES_PER_DAY - start
             day = first
             while True:
