@@ -353,6 +353,37 @@ def test_service_unit_contract() -> None:
     assert _seconds(unit["TimeoutStopSec"][0]) > Timeouts().drain + 10
 
 
+def test_services_run_as_an_unprivileged_system_user() -> None:
+    """The daemon and the pages run as the system user gatekeeper.sysusers creates, with
+    no capability and no way to gain one; ports below 1024 come from the socket unit,
+    opened by systemd. Only the documented variant without socket activation gets one
+    capability, CAP_NET_BIND_SERVICE, and nothing else."""
+    (declared,) = [
+        line.split()
+        for line in (UNITS / "gatekeeper.sysusers").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    kind, name, uid = declared[:3]
+    assert (kind, uid) == ("u", "-")  # a system user; systemd-sysusers picks its id
+    for service in SERVICES:
+        unit = _units(UNITS / service)["Service"]
+        assert unit["User"] == [name] and unit["Group"] == [name], service
+        assert name != "root" and "DynamicUser" not in unit and "SupplementaryGroups" not in unit
+        assert unit["CapabilityBoundingSet"] == [""] and unit["AmbientCapabilities"] == [""]
+        assert unit["NoNewPrivileges"] == ["yes"] and unit["PrivateUsers"] == ["yes"]
+        assert unit["RestrictSUIDSGID"] == ["yes"] and "PermissionsStartOnly" not in unit
+        # "+" and "!" would run a command with full privileges or as root.
+        commands = [v for k, vs in unit.items() if k.startswith("Exec") for v in vs]
+        assert commands and not [c for c in commands if c.startswith(("+", "!", "-+", "-!"))]
+    socket_unit = _units(UNITS / "gatekeeper@.socket")["Socket"]
+    assert [int(port) for port in socket_unit["ListenStream"]] == [21, 23]  # below 1024
+    assert "SocketUser" not in socket_unit  # systemd (root) opens them
+    bind = _units(UNITS / "bind-low-ports.conf")
+    assert bind == {"Service": {"CapabilityBoundingSet": ["CAP_NET_BIND_SERVICE"],
+                                "AmbientCapabilities": ["CAP_NET_BIND_SERVICE"],
+                                "PrivateUsers": ["no"]}}  # fmt: skip
+
+
 def test_socket_units_match_listener_names() -> None:
     socket_unit = _units(UNITS / "gatekeeper@.socket")
     assert socket_unit["Socket"]["ListenStream"] == ["21", "23"]
@@ -440,6 +471,38 @@ def test_service_security_exposure(analyzer: str, unit_dir: Path, service: str) 
     name = service.replace("@.", "@ftp.")
     exposure = _exposure(analyzer, unit_dir / name)
     assert exposure <= MAX_EXPOSURE, f"{service}: exposure {exposure} (OK is {MAX_EXPOSURE})"
+
+
+# What systemd-analyze security must see as passed (✓) for the services to be unprivileged.
+UNPRIVILEGED_CHECKS = (
+    "User=/DynamicUser=",
+    "NoNewPrivileges=",
+    "AmbientCapabilities=",
+    "SupplementaryGroups=",
+    "CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE|BROADCAST|RAW)",
+    "CapabilityBoundingSet=~CAP_SET(UID|GID|PCAP)",
+    "CapabilityBoundingSet=~CAP_SYS_ADMIN",
+    "CapabilityBoundingSet=~CAP_(DAC_*|FOWNER|IPC_OWNER)",
+)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_security_rates_the_services_unprivileged(
+    analyzer: str, unit_dir: Path, service: str
+) -> None:
+    name = service.replace("@.", "@ftp.")
+    result = _analyze(analyzer, "security", "--offline=yes", str(unit_dir / name))
+    assert result.returncode == 0, result.stderr
+    verdicts = {}
+    for line in result.stdout.splitlines():
+        mark, _, rest = line.strip().partition(" ")
+        if mark in ("✓", "✗") and rest:
+            verdicts[rest.split()[0]] = mark
+    assert {check: verdicts.get(check) for check in UNPRIVILEGED_CHECKS} == dict.fromkeys(
+        UNPRIVILEGED_CHECKS, "✓"
+    )
+    print(f"\n{name}: {sum(v == '✓' for v in verdicts.values())} of {len(verdicts)} checks "
+          f"passed, the {len(UNPRIVILEGED_CHECKS)} about privilege all of them")  # fmt: skip
 
 
 def test_without_socket_activation_still_ok(analyzer: str, unit_dir: Path) -> None:

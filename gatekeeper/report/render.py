@@ -1,8 +1,16 @@
 """The rejection report as JSON, CSV and plain text; the trend report as JSON and text.
 
 JSON shows times in UTC with ``Z``; text and CSV in local time. Strings an attacker
-controls (user names) are made harmless: control characters never reach a terminal, and
-CSV cells cannot start a spreadsheet formula.
+controls (user names) are made harmless, each format its own way:
+
+- JSON has them exact (``json`` escapes control characters as ``\\u001b``);
+- CSV has them exact too, except that a cell starting with a character a spreadsheet
+  takes for a formula gets a leading apostrophe (``'=CMD|...``), the common defence
+  (OWASP "CSV injection", ASVS 1.2.10); strip it to get the value back;
+- text shows every control or format character as a visible escape (``\\x1b``,
+  ``\\u202e``), so no terminal escape sequence or bidi override reaches the terminal, and
+  cuts a user name at ``TEXT_USER_CHARS`` characters with ``…`` so that one attacker
+  cannot stretch every line of a table; JSON and CSV have the name whole.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from gatekeeper.report.stats import Stats, day_ranges
 
 DEFAULT_LETTERS = {"ftp": "F", "telnet": "T"}
 _BAR_WIDTH = 25  # characters of a 100 % bar in the countries table
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP "CSV injection"
+# What a spreadsheet may take for a formula: OWASP's "CSV injection" list and ASVS 1.2.10's NUL.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
+TEXT_USER_CHARS = 64  # of a user name in a text table (IBM i profile names have at most 10)
 
 
 def render_json(report: Report) -> str:
@@ -129,9 +139,36 @@ def render_csv(report: Report) -> str:
 # -- text ---------------------------------------------------------------------------------
 
 
+def _escape(char: str) -> str:
+    """A character a terminal must not see, as a visible escape: ``\\x1b``, ``\\u202e``."""
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _printable(text: str) -> str:
-    """No control character (terminal escapes) from attacker-controlled strings."""
-    return "".join(c if c.isprintable() else "?" for c in text)
+    """No control or format character (terminal escapes, bidi overrides) from
+    attacker-controlled strings: each shows as its escape instead."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _shown(text: str, limit: int = TEXT_USER_CHARS) -> str:
+    """A user name for a text table: escaped, at most ``limit`` characters (cut with …)."""
+    shown = _printable(text)
+    if len(shown) <= limit:
+        return shown
+    out: list[str] = []
+    size = 0
+    for c in text:  # cut between characters, never inside an escape
+        piece = _printable(c)
+        if size + len(piece) > limit - 1:
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out) + "…"
 
 
 def _table(
@@ -183,7 +220,7 @@ def _entry_row(e: Entry, letters: dict[str, str]) -> list[object]:
         "NEW" if e.new else "",
         reason,
         e.rule or "",
-        e.user or "",
+        _shown(e.user or ""),
     ]
 
 
@@ -312,7 +349,7 @@ def render_stats_text(stats: Stats) -> str:
     out.append("")
     out.append("USER NAMES TRIED MOST")
     if stats.top_users:
-        rows = [[i, u.user, u.attempts] for i, u in enumerate(stats.top_users, 1)]
+        rows = [[i, _shown(u.user), u.attempts] for i, u in enumerate(stats.top_users, 1)]
         out.extend(_table(("Rank", "User", "Attempts"), rows, {0, 2}))
     else:
         out.append("None.")

@@ -36,10 +36,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+import yaml
 from aiohttp import web
 
 from gatekeeper import __version__
@@ -91,12 +93,33 @@ def is_loopback(host: str) -> bool:
         return False  # another host name: it may resolve to anything
 
 
+def _line_of(path: Path, keys: tuple[str, ...]) -> int | None:
+    """The 1-based line of ``keys`` (a path of mapping keys) in a YAML file, if found."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key]
+        if not found:
+            return None
+        name, node = found[-1]  # the last one wins, as in YAML
+        line = name.start_mark.line + 1
+    return line
+
+
 def check_exposure(settings: Settings) -> None:
-    """Refuse to serve beyond loopback without credentials (GatekeeperError)."""
+    """Refuse to serve beyond loopback without credentials: GatekeeperError naming the
+    file and the line of ``web.listen``."""
     listen = settings.web_listen
     if settings.web_auth is None and not is_loopback(listen.host):
+        line = _line_of(settings.path, ("web", "listen"))
+        where = f"{settings.path}:{line}" if line is not None else str(settings.path)
         raise GatekeeperError(
-            f"{settings.path}: web.listen {listen} is not a loopback address, and the "
+            f"{where}: web.listen {listen} is not a loopback address, and the "
             "report pages show who attacks you: configure a login first, "
             'web: {listen: "' + str(listen) + '", user: NAME, password_hash: "..."} '
             "(the hash line comes from 'gatekeeper web --hash-password'), or listen on "

@@ -8,6 +8,7 @@ import io
 import json
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from gatekeeper.errors import GatekeeperError
 from gatekeeper.events import Rejection
 from gatekeeper.report.query import Report, map_link, parse_bound, rejection_report
-from gatekeeper.report.render import render_csv, render_json, render_text
+from gatekeeper.report.render import TEXT_USER_CHARS, render_csv, render_json, render_text
 from gatekeeper.rules.model import Reason
 from gatekeeper.store.recorder import Recorder
 
@@ -498,7 +499,8 @@ def test_text_report_rows_letters_and_local_times(db: Path) -> None:
 def test_csv_detail_local_times_and_formula_escaping(tmp_path: Path) -> None:
     path = tmp_path / "gk.db"
     t = at(DAY3, 12)
-    users = ["=cmd|' /C calc'!A0", "+SUM(1)", "-2+3", "@A1", "PLAIN", "\x1b[31mRED"]
+    users = ["=cmd|' /C calc'!A0", "+SUM(1)", "-2+3", "@A1", "PLAIN", "\x1b[31mRED",
+             "\t=1+1", "\r=1+1", "\0=1", "A=B"]  # fmt: skip
     fill(path, [rej("192.0.2.1", t + i, reason=Reason.USER, user=u) for i, u in enumerate(users)])
     fill(
         path,
@@ -514,8 +516,8 @@ def test_csv_detail_local_times_and_formula_escaping(tmp_path: Path) -> None:
         "listener",
         "address",
     ]
-    assert rows[0]["address"] == "192.0.2.1" and rows[0]["attempts"] == "6"
-    assert rows[0]["first"] == "2026-11-20 12:00:00" and rows[0]["last"] == "2026-11-20 12:00:05"
+    assert rows[0]["address"] == "192.0.2.1" and rows[0]["attempts"] == str(len(users))
+    assert rows[0]["first"] == "2026-11-20 12:00:00" and rows[0]["last"] == "2026-11-20 12:00:09"
     assert rows[0]["new"] == "yes"
     by_address = {r["address"]: r["user"] for r in rows}
     assert [by_address[f"192.0.2.{i + 2}"] for i in range(len(users))] == [
@@ -525,10 +527,35 @@ def test_csv_detail_local_times_and_formula_escaping(tmp_path: Path) -> None:
         "'@A1",
         "PLAIN",
         "\x1b[31mRED",
+        "'\t=1+1",
+        "'\r=1+1",
+        "'\0=1",
+        "A=B",  # only the first character counts
     ]
     text = render_text(report)
-    assert "\x1b" not in text and "?[31mRED" in text  # no terminal escape gets through
+    assert "\x1b" not in text and "\\x1b[31mRED" in text  # no terminal escape gets through
+    assert "\\x09=1+1" in text and "\\x0d=1+1" in text and "\\x00=1" in text
     assert "\x1b" not in render_json(report)  # JSON escapes it
+    entries = json.loads(render_json(report))["locations"][0]["entries"]
+    by_address = {e["address"]: e["user"] for e in entries}
+    assert [by_address[f"192.0.2.{i + 2}"] for i in range(len(users))] == users  # exact
+
+
+def test_text_escapes_control_and_format_characters_and_cuts_long_names(tmp_path: Path) -> None:
+    """Terminal escapes, bidi overrides and bytes that were not UTF-8 show as visible
+    escapes; a long name is cut so that it cannot stretch every line of the table."""
+    path = tmp_path / "gk.db"
+    users = ["\x1b]0;owned\x07", "\u202eTXT.EXE", "A\u0085B\x7f", "L" * 4000, "MÜLLER"]
+    t = at(DAY3, 12)
+    fill(path, [rej(f"192.0.2.{i + 1}", t + i, reason=Reason.USER, user=u)
+                for i, u in enumerate(users)])  # fmt: skip
+    text = render_text(rejection_report(path, level="detail", today=DAY3))
+    for shown in ("\\x1b]0;owned\\x07", "\\u202eTXT.EXE", "A\\x85B\\x7f", "MÜLLER"):
+        assert shown in text
+    assert "L" * (TEXT_USER_CHARS - 1) + "…" in text and "L" * TEXT_USER_CHARS not in text
+    assert max(map(len, text.splitlines())) < 200
+    bad = [c for c in text if c != "\n" and unicodedata.category(c) in ("Cc", "Cf", "Cs")]
+    assert bad == []
 
 
 def test_json_is_one_object_with_utc_times(db: Path) -> None:

@@ -356,6 +356,24 @@ def test_beyond_loopback_needs_credentials(
     on_server(settings, use)
 
 
+@pytest.mark.parametrize(
+    ("web_line", "line"),
+    [
+        ('web: {listen: "0.0.0.0:8020"}\n', 2),
+        ('web:\n  # the pages, for the whole LAN\n  listen: "[::]:8020"\n', 4),
+        ("web:\n  listen: 10.1.1.1:8020\n", 3),
+    ],
+)
+def test_beyond_loopback_error_names_file_and_line(
+    tmp_path: Path, db: Path, web_line: str, line: int
+) -> None:
+    cfg = write_config(tmp_path, db, web_line)
+    with pytest.raises(GatekeeperError) as caught:
+        web.check_exposure(config.load_settings(cfg))
+    assert str(caught.value).startswith(f"{cfg}:{line}: web.listen ")
+    assert "--hash-password" in str(caught.value)
+
+
 def test_loopback_needs_no_login(cfg: Path) -> None:
     assert web.is_loopback("127.0.0.1") and web.is_loopback("::1")
     assert web.is_loopback("127.1.2.3") and web.is_loopback("localhost")
