@@ -115,12 +115,12 @@ def _cut(text: str, limit: int = MAX_SHOWN) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _shown(value: object) -> str:
-    """``repr(value)``, cut to about ``MAX_SHOWN`` characters."""
-    if isinstance(value, str) and len(value) > MAX_SHOWN:
-        return repr(value[:MAX_SHOWN]) + "…"
+def _shown(value: object, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)``, cut to about ``limit`` characters."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + "…"
     text = repr(value)
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
@@ -1699,8 +1699,8 @@ def _load_rules(ctx: _RulesContext) -> tuple[RulesSpec | None, list[Problem]]:
                 Problem(
                     ctx.config_file,
                     line,
-                    f"rules: {_shown(written)} is a folder; write {written.rstrip('/')}/*.yaml "
-                    "to read the rule files in it",
+                    f"rules: {_shown(written, PATH_SHOWN)} is a folder; write "
+                    f"{_cut(written.rstrip('/'), PATH_SHOWN)}/*.yaml to read the rule files in it",
                 )
             )
             continue
@@ -1710,8 +1710,8 @@ def _load_rules(ctx: _RulesContext) -> tuple[RulesSpec | None, list[Problem]]:
                 Problem(
                     ctx.config_file,
                     line,
-                    f"rule file {_cut(pattern, PATH_SHOWN)} not found (rules: {_shown(written)}); "
-                    "create it or fix the path",
+                    f"rule file {_cut(pattern, PATH_SHOWN)} not found "
+                    f"(rules: {_shown(written, PATH_SHOWN)}); create it or fix the path",
                 )
             )
             continue
@@ -1720,7 +1720,7 @@ def _load_rules(ctx: _RulesContext) -> tuple[RulesSpec | None, list[Problem]]:
         for match in matches:
             paths[match] = None
     if not paths and not named_missing:
-        listed = ", ".join(_cut(written) for written, _, _ in ctx.globs)
+        listed = ", ".join(_cut(written, PATH_SHOWN) for written, _, _ in ctx.globs)
         problems.append(
             Problem(
                 ctx.config_file,
