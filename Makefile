@@ -54,8 +54,9 @@ bench: $(BIN)/gatekeeper
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.run_all
 
-## The soak mode: tests/fuzz with millions of cases, then the hard-to-break integration tests
-## in a loop until the time is up (benchmarks/soak.py). SOAK_MINUTES=1 is a quick check.
+## The soak mode: tests/fuzz with a large example budget (about 200,000 cases an hour on 2
+## cores, millions overnight), then the hard-to-break integration tests in a loop until the
+## time is up (benchmarks/soak.py). SOAK_MINUTES=1 is a quick check.
 SOAK_MINUTES ?= 60
 soak: $(BIN)/gatekeeper system-deps
 	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES)
