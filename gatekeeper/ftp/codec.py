@@ -28,6 +28,7 @@ __all__ = [
     "NeedData",
     "Reply",
     "ReplyReader",
+    "UnknownFamily",
     "format_227",
     "format_229",
     "format_command",
@@ -385,8 +386,14 @@ def format_port(host: str, port: int) -> str:
     return ",".join(str(number) for number in numbers)
 
 
+class UnknownFamily(ValueError):
+    """EPRT names a network protocol other than 1 (IPv4) and 2 (IPv6): RFC 2428 answers
+    ``522 Network protocol not supported, use (1,2)``, not a syntax error."""
+
+
 def parse_eprt(argument: str) -> tuple[str, int]:
-    """An EPRT argument ``<d>af<d>address<d>port<d>`` as ``(address, port)``; ValueError.
+    """An EPRT argument ``<d>af<d>address<d>port<d>`` as ``(address, port)``; ValueError,
+    ``UnknownFamily`` for a well-formed family number other than 1 and 2.
 
     Spaces around the argument are tolerated. The address comes back canonical.
     """
@@ -397,6 +404,8 @@ def parse_eprt(argument: str) -> tuple[str, int]:
     if len(fields) != 5 or fields[0] or fields[4]:
         raise ValueError(f"bad EPRT argument {argument[:64]!r} (<d>af<d>address<d>port<d>)")
     family, host, port = fields[1:4]
+    if family not in ("1", "2") and _DECIMAL.fullmatch(family):
+        raise UnknownFamily(f"EPRT network protocol {family[:8]!r} is not supported (1, 2)")
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     try:
         if family == "1" and _IPV4_TEXT.fullmatch(host):

@@ -30,6 +30,7 @@ from gatekeeper.ftp.codec import (
     LineTooLong,
     Reply,
     ReplyReader,
+    UnknownFamily,
     format_227,
     format_229,
     format_command,
@@ -88,6 +89,7 @@ R425 = format_reply(425, "Can't open data connection.")
 R500_LONG = format_reply(500, "Command line too long.")
 R501 = format_reply(501, "Syntax error in parameters or arguments.")
 R504_BOUNCE = format_reply(504, "Command not implemented for that parameter.")
+R522 = format_reply(522, "Network protocol not supported, use (1,2).")  # RFC 2428
 R530 = format_reply(530, "Not logged in.")
 R534 = format_reply(534, "Request denied for policy reasons.")
 R550 = format_reply(550, "Requested action not taken: not permitted.")
@@ -334,6 +336,9 @@ class FtpSession:
             host, port = (
                 parse_port(cmd.argument) if cmd.verb == "PORT" else parse_eprt(cmd.argument)
             )
+        except UnknownFamily:
+            self._local(R522)
+            return
         except ValueError:
             self._local(R501)
             return

@@ -18,6 +18,7 @@ from gatekeeper.ftp.codec import (
     LineTooLong,
     Reply,
     ReplyReader,
+    UnknownFamily,
     format_227,
     format_229,
     format_command,
@@ -766,3 +767,12 @@ def test_reply_reader_raises_only_protocol_error_and_ignores_splitting(
 def test_uniform_random_bytes(data: bytes, cuts: list[int]) -> None:
     assert _commands_in(_split(data, cuts)) == _commands_in([data])
     assert _replies_in(_split(data, cuts)) == _replies_in([data])
+
+
+def test_eprt_unknown_family_is_its_own_error() -> None:
+    """RFC 2428: a family number we do not speak is 522, not a syntax error (501)."""
+    with pytest.raises(UnknownFamily):
+        parse_eprt("|3|132.235.1.2|6275|")
+    with pytest.raises(ValueError) as caught:
+        parse_eprt("|x|132.235.1.2|6275|")
+    assert not isinstance(caught.value, UnknownFamily)

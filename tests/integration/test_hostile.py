@@ -8,7 +8,7 @@
 - Telnet option storms: relayed byte for byte on Telnet listeners, other sessions going on;
   on the FTP control channel, IAC sequences stripped from verbs (no command smuggled past
   the rules), commands still working, nothing growing;
-- ``PORT``/``EPRT`` to every kind of wrong address: ``504`` or ``501``, and no data
+- ``PORT``/``EPRT`` to every kind of wrong address: ``504``, ``501`` or ``522``, and no data
   connection ever reaching the wrong address.
 
 (Hostile names through every report format are ``test_security.py``'s.)
@@ -459,7 +459,8 @@ def test_telnet_sequences_on_the_ftp_control_channel(daemon, ftp_up: FtpUpstream
 
 TRAP = 50000  # 195 * 256 + 80: "195,80" in PORT
 # (command, reply code) for a client on 127.0.0.1; RFC 959 4.1.2 / RFC 2428 2 syntax, RFC
-# 2577 bounce rules: another host or a port below 1024 is 504, broken syntax 501.
+# 2577 bounce rules: another host or a port below 1024 is 504, broken syntax 501, and an
+# EPRT network protocol other than 1 and 2 is 522 (RFC 2428).
 WRONG_V4: list[tuple[bytes, bytes]] = [
     (b"PORT 127,0,0,2,195,80", b"504"),  # another host (a trap listens there)
     (b"PORT 10,0,0,1,195,80", b"504"),
@@ -492,7 +493,7 @@ WRONG_V4: list[tuple[bytes, bytes]] = [
     (b"EPRT |1|127.0.0.1|65536|", b"501"),  # huge ports
     (b"EPRT |1|127.0.0.1|999999999999|", b"501"),
     (b"EPRT |1|127.0.0.1|-1|", b"501"),
-    (b"EPRT |3|127.0.0.1|50000|", b"501"),  # unknown family
+    (b"EPRT |3|127.0.0.1|50000|", b"522"),  # unknown family: RFC 2428 says which it knows
     (b"EPRT |2|127.0.0.1|50000|", b"501"),  # family and address disagree
     (b"EPRT |1|::1|50000|", b"501"),
     (b"EPRT |1|127.1|50000|", b"501"),
@@ -589,6 +590,6 @@ def test_port_and_eprt_to_wrong_addresses(daemon, ftp_up: FtpUpstream, root: Pat
     forwarded = [line for line in spy.lines if line[:4] in ("PORT", "EPRT")]
     assert len(forwarded) == 2 and all(str(TRAP) not in line for line in forwarded)
     print(
-        f"\nPORT/EPRT to wrong addresses: {checked} commands answered 504/501, "
+        f"\nPORT/EPRT to wrong addresses: {checked} commands answered 504/501/522, "
         f"{len(trapped)} trap listeners got nothing; the good PORT and EPRT delivered"
     )
