@@ -148,6 +148,7 @@ class FtpSession:
         self.replies = ReplyReader()
         self.owed: deque[_Owed] = deque([_Owed("<greeting>")])
         self.user: str | None = None  # the name given at USER (upper-case)
+        self.said_goodbye = False  # the upstream answered QUIT with 221
         self.logged_in = False
         self.failed_logins = 0
         self.files_sent = 0
@@ -414,6 +415,8 @@ class FtpSession:
             self.files_received += 1
         elif verb in ("PORT", "EPRT") and reply.code >= 400 and self.data is not None:
             self.data.close()
+        elif verb == "QUIT" and reply.code == 221:
+            self.said_goodbye = True
         self.relay.send_client(out)
         if verb == "PASS":
             self._signed_on(owed, reply)  # after the reply: a ban's 421 comes behind the 530

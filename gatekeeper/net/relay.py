@@ -375,6 +375,11 @@ class Relay:
                 upstream.write_eof()
 
     def client_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.ftp is not None and self.ftp.said_goodbye:
+            # After QUIT's 221 a client may close as it likes. An FTPS client that closes
+            # without a TLS close_notify (Python's ftplib, many others) answers ours with a
+            # reset: an orderly end all the same.
+            exc = None
         self._side_lost(exc)
 
     def client_pause_writing(self) -> None:

@@ -57,5 +57,8 @@ def test_tls_terminate(
         assert d.stop() == 0
         (row,) = sessions(d.database)
         assert row["user"] == "ALICE" and row["files_sent"] == 1 and row["files_received"] == 1
+        # ftplib closes without a TLS close_notify after QUIT, as many clients do: an
+        # orderly end all the same, not an error.
+        assert row["outcome"] == "logged-in"
     finally:
         upstream.close()
