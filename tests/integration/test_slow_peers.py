@@ -14,6 +14,7 @@ the config (fractional seconds).
 from __future__ import annotations
 
 import ftplib
+import os
 import select
 import socket
 import textwrap
@@ -311,14 +312,14 @@ def test_keepalive_on_both_sides_of_sessions(daemon, upstream: Upstream, fake) -
 
 
 def _tcp_timers_of_test(sock: socket.socket) -> int:
-    """The timer kind of one of this process's sockets, from /proc/net/tcp."""
-    host, port = sock.getsockname()[:2]
-    local = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"  # as the kernel shows it
+    """The timer kind of one of this process's sockets, from /proc/net/tcp, found by its
+    inode (an old connection on the same port may linger there in TIME_WAIT)."""
+    inode = str(os.fstat(sock.fileno()).st_ino)
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         f = line.split()
-        if f[1] == local:
+        if f[9] == inode:
             return int(f[5].split(":")[0], 16)
-    raise AssertionError(f"socket {host}:{port} not in /proc/net/tcp")
+    raise AssertionError(f"socket {sock.getsockname()} not in /proc/net/tcp")
 
 
 CONFIG = """\
