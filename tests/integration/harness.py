@@ -292,7 +292,11 @@ def connect(
     if claim is not None:
         # The header's two addresses are of one family; the destination is not checked.
         destination = "::1" if ":" in claim else "127.0.0.1"
-        sock.sendall(encode_v1((claim, 40000), (destination, address[1])))
+        try:
+            sock.sendall(encode_v1((claim, 40000), (destination, address[1])))
+        except OSError:  # the daemon went away in between (killed, reset)
+            sock.close()
+            raise
     return sock
 
 
