@@ -348,8 +348,8 @@ class App:
         try:
             if stopped:
                 metrics.mark_stopped(path, self._status_data())
-            else:
-                metrics.write_status(path, self._status_data())
+            else:  # on the loop, at start and reload only: /proc/self/fd is read once
+                metrics.write_status(path, self._status_data(), process=True)
         except OSError as exc:
             log.warning("status file %s: cannot write: %s", path, exc.strerror or exc)
 
