@@ -221,6 +221,28 @@ def test_tls_refuse_as_a_string(tmp_path: Path) -> None:
     assert load_settings(setup(tmp_path, config)).listeners[0].tls.mode == "refuse"
 
 
+def test_login_timeout(tmp_path: Path) -> None:
+    """``timeouts.login``: 300 s by default (ProFTPD's TimeoutLogin), fractional seconds,
+    global or per FTP listener; on a Telnet listener it is an error naming file and line."""
+    s = load_settings(setup(tmp_path))
+    assert Timeouts().login == 300.0 and s.listener("ftp").timeouts.login == 300.0
+    s = load_settings(setup(tmp_path, CONFIG + "timeouts: {login: 1.5s}\n"))
+    assert s.listener("ftp").timeouts.login == 1.5
+    text = CONFIG.replace('upstream: "127.0.0.1:21"', 'upstream: "127.0.0.1:21"\n'
+                          "    timeouts: {login: 20s}")  # fmt: skip
+    assert load_settings(setup(tmp_path, text)).listener("ftp").timeouts.login == 20.0
+    for bad, words in [
+        (CONFIG + "    timeouts: {login: 20s}\n", "timeouts.login applies to ftp listeners"),
+        (CONFIG + "timeouts: {login: 0}\n", "must be more than zero"),
+        (CONFIG + "timeouts: {login: soon}\n", "bad duration"),
+    ]:
+        found = problems(setup(tmp_path, bad))
+        assert any(
+            p.file == str(tmp_path / "gk.yaml") and p.line == 12 and words in p.message
+            for p in found
+        ), found
+
+
 def test_relative_config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     setup(tmp_path / "etc")
     monkeypatch.chdir(tmp_path)

@@ -118,11 +118,12 @@ def glob_match(pattern: str, name: str) -> bool:
 
 
 def denied_user(policy: FtpPolicy, user: str) -> bool:
-    """Is ``user`` in the policy's ``deny_users`` (case-insensitive, ``*`` wildcards)?"""
+    """Is ``user`` in the policy's ``deny_users`` (case-insensitive, ``*`` wildcards)?
+    The patterns are upper-case already (the loader makes them so)."""
     if not policy.deny_users:
         return False
     name = user.upper()
-    return any(glob_match(pattern.upper(), name) for pattern in policy.deny_users)
+    return any(glob_match(pattern, name) for pattern in policy.deny_users)
 
 
 @dataclass(slots=True)

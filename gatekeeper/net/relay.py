@@ -208,10 +208,7 @@ class Relay:
                 self.outcome = Outcome.UPSTREAM_RESET
             if not self.client.is_closing():
                 self.send_client(REPLY_421)
-            self._lost += 1
-            self.close()
-            if self._lost == 2:
-                self._finish()
+            self._side_lost(None)  # an orderly close toward the client, 421 first
             return
         self._side_lost(exc, Outcome.UPSTREAM_RESET)
 

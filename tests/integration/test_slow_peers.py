@@ -17,16 +17,11 @@ import ftplib
 import os
 import select
 import socket
-import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gatekeeper.config import load_settings
-from gatekeeper.errors import ConfigError
-from gatekeeper.settings import Timeouts
 from tests.integration.fake_ftp import NEVER_READ, FakeFtp
 from tests.integration.harness import (
     BANNER,
@@ -320,49 +315,3 @@ def _tcp_timers_of_test(sock: socket.socket) -> int:
         if f[9] == inode:
             return int(f[5].split(":")[0], 16)
     raise AssertionError(f"socket {sock.getsockname()} not in /proc/net/tcp")
-
-
-CONFIG = """\
-database: var/gk.db
-rules: [rules.d/*.yaml]
-listeners:
-  - name: ftp
-    protocol: ftp
-    listen: "127.0.0.1:2121"
-    upstream: "127.0.0.1:21"
-  - name: tel
-    protocol: telnet
-    listen: "127.0.0.1:2323"
-    upstream: "127.0.0.1:23"
-"""
-
-
-def _load(tmp_path: Path, text: str) -> Any:
-    (tmp_path / "rules.d").mkdir(exist_ok=True)
-    (tmp_path / "rules.d" / "r.yaml").write_text("default: deny\n")
-    path = tmp_path / "gk.yaml"
-    path.write_text(textwrap.dedent(text))
-    return load_settings(path)
-
-
-def test_login_timeout_setting(tmp_path: Path) -> None:
-    """``timeouts.login``: 300 s by default (ProFTPD's TimeoutLogin), fractional seconds,
-    global or per FTP listener; on a Telnet listener it is an error naming file and line."""
-    s = _load(tmp_path, CONFIG)
-    assert Timeouts().login == 300.0 and s.listener("ftp").timeouts.login == 300.0
-    s = _load(tmp_path, CONFIG + "timeouts: {login: 1.5s}\n")
-    assert s.listener("ftp").timeouts.login == 1.5
-    text = CONFIG.replace('upstream: "127.0.0.1:21"', 'upstream: "127.0.0.1:21"\n'
-                          "    timeouts: {login: 20s}")  # fmt: skip
-    assert _load(tmp_path, text).listener("ftp").timeouts.login == 20.0
-    for bad, line, words in [
-        (CONFIG + "    timeouts: {login: 20s}\n", 12, "timeouts.login applies to ftp listeners"),
-        (CONFIG + "timeouts: {login: 0}\n", 12, "must be more than zero"),
-        (CONFIG + "timeouts: {login: soon}\n", 12, "bad duration"),
-    ]:
-        with pytest.raises(ConfigError) as caught:
-            _load(tmp_path, bad)
-        problems = caught.value.problems
-        assert any(
-            p.file.endswith("gk.yaml") and p.line == line and words in p.message for p in problems
-        ), problems
